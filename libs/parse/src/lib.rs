@@ -1,0 +1,1 @@
+//! MIME parsing and indicator extraction.

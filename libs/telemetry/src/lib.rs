@@ -1,0 +1,1 @@
+//! Tracing set-up and W3C trace-context propagation over gRPC.

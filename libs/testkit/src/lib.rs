@@ -1,0 +1,15 @@
+//! The local Exchange/Entra test stack: everything the tests and the demo need, on loopback,
+//! with no internet.
+//!
+//! - [`ca`]: a test CA; every TLS server here presents one of its certificates and every
+//!   client trusts it explicitly.
+//! - [`redis`]: `redis-server` (Debian) in a temp dir, no persistence.
+//! - [`dovecot`]: Dovecot (Debian) in a temp dir, run as an unprivileged user, validating
+//!   XOAUTH2 tokens the way Exchange Online does.
+//! - [`entra`]: an HTTPS stand-in for the Entra ID v2.0 token endpoint.
+//! - [`tenant`]: the administrator's Microsoft-side setup as data, applied to both.
+//!
+//! Every server is stopped when its handle is dropped.
+
+pub mod ca;
+pub mod net;

@@ -1,0 +1,35 @@
+//! `threatmail`: the command-line interface of threatmail.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Turns the mailboxes where a security team collects threat mail into a Threat Mailbox.
+#[derive(Debug, Parser)]
+#[command(name = "threatmail", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Parse .eml files and print each record with its indicators as JSON (no services needed).
+    Parse(commands::parse::ParseArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Parse(args) => commands::parse::run(args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The threatmail fetcher service.

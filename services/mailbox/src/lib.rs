@@ -1,0 +1,1 @@
+//! The threatmail mailbox service.

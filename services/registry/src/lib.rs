@@ -1,0 +1,1 @@
+//! The threatmail registry service.

@@ -1,0 +1,1 @@
+//! The threatmail token-broker service.
