@@ -18,12 +18,15 @@ struct Cli {
 enum Command {
     /// Parse .eml files and print each record with its indicators as JSON (no services needed).
     Parse(commands::parse::ParseArgs),
+    /// Corpus tools: statistics over a folder of mail, scoring against answer keys.
+    Corpus(commands::corpus::CorpusArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Parse(args) => commands::parse::run(args),
+        Command::Corpus(args) => commands::corpus::run(args),
     };
     match outcome {
         Ok(code) => code,
