@@ -1,1 +1,3 @@
 //! Domain types shared by every threatmail crate.
+
+pub mod mutf7;
