@@ -1,3 +1,5 @@
-//! Domain types shared by every threatmail crate.
+//! Domain types and helpers shared by every threatmail crate: configuration loading, and
+//! (as later issues add them) sources, folders, secrets and message identities.
 
+pub mod config;
 pub mod mutf7;

@@ -1,1 +1,23 @@
-//! The threatmail mailbox service.
+//! The threatmail mailbox service: the read side of the Threat Mailbox.
+//!
+//! [`run`] serves it on a listener until the shutdown token is cancelled; `main.rs` only
+//! loads the configuration and calls it, and tests call it directly.
+
+pub mod config;
+
+pub use config::Config;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Serves the mailbox service on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(listen = %config.listen, "mailbox starting");
+    threatmail_runtime::serve(threatmail_runtime::grpc_server(), listener, shutdown).await?;
+    tracing::info!("mailbox stopped");
+    Ok(())
+}

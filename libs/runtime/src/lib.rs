@@ -1,0 +1,188 @@
+//! What every threatmail service process shares: loading its configuration, starting
+//! telemetry, serving gRPC with health and per-RPC spans, and stopping gracefully.
+//!
+//! A service crate is a library whose `run(config, listener, shutdown)` the tests drive
+//! directly; its `main` is one call to [`service_main`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use threatmail_telemetry::TelemetryConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The settings every service has.
+pub trait ServiceConfig: DeserializeOwned {
+    /// Where the gRPC server listens.
+    fn listen(&self) -> SocketAddr;
+    /// Logging and tracing.
+    fn telemetry(&self) -> &TelemetryConfig;
+    /// Problems a type cannot express (ranges, combinations), each a line a person can act
+    /// on; empty when the configuration is good.
+    fn validate(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// How long in-flight RPCs get to finish after shutdown was asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Loads a service configuration: the file named by `--config FILE` or `THREATMAIL_CONFIG`,
+/// then `THREATMAIL_*` variables of `env`, then the service's own checks. All problems are
+/// reported together.
+pub fn load_config<C: ServiceConfig>(
+    config_file: Option<PathBuf>,
+    env: &BTreeMap<String, String>,
+) -> Result<C, threatmail_core::config::ConfigError> {
+    let file = config_file.or_else(|| env.get("THREATMAIL_CONFIG").map(PathBuf::from));
+    let config: C = threatmail_core::config::load(file.as_deref(), env)?;
+    let problems = config.validate();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(threatmail_core::config::ConfigError { problems })
+    }
+}
+
+/// The whole `main` of a service binary: arguments, configuration, telemetry, signals.
+///
+/// `run` gets the configuration, a bound listener and a token cancelled on SIGINT/SIGTERM.
+pub fn service_main<C, F, Fut>(service_name: &'static str, run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let config_file = match parse_args(service_name) {
+        Ok(Some(path)) => Some(path),
+        Ok(None) => None,
+        Err(code) => return code,
+    };
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config: C = match load_config(config_file, &env) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("threatmail-{service_name}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("threatmail-{service_name}: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let _telemetry = match threatmail_telemetry::init(service_name, config.telemetry()) {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("threatmail-{service_name}: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let listen = config.listen();
+        let listener = match TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!(
+                    "threatmail-{service_name}: failed to listen on {listen}: {error} (set `listen` or THREATMAIL_LISTEN to a free address)"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match run(config, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "service stopped with an error");
+                eprintln!("threatmail-{service_name}: {error:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn parse_args(service_name: &str) -> Result<Option<PathBuf>, ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    let mut config = None;
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--config") => match args.next() {
+                Some(path) => config = Some(PathBuf::from(path)),
+                None => {
+                    eprintln!("threatmail-{service_name}: --config needs a file");
+                    return Err(ExitCode::from(2));
+                }
+            },
+            Some("--help") | Some("-h") => {
+                println!(
+                    "threatmail-{service_name} [--config FILE]\n\nSettings come from FILE (or THREATMAIL_CONFIG), then THREATMAIL_* variables.\nSee the README's Configuration section."
+                );
+                return Err(ExitCode::SUCCESS);
+            }
+            _ => {
+                eprintln!("threatmail-{service_name}: unexpected argument {arg:?}; try --help");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+    token.cancel();
+}
+
+/// A gRPC server with what every service has: one span per RPC continuing the caller's W3C
+/// trace, the standard health service, and a per-request timeout.
+pub fn grpc_server() -> tonic::transport::server::Router {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    // The reporter starts out SERVING for the empty service name, which is what
+    // `grpc_health_probe` and Kubernetes ask about; per-service names are set by callers.
+    drop(reporter);
+    tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(60))
+        .trace_fn(threatmail_telemetry::server_span)
+        .add_service(health)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets in-flight RPCs
+/// finish.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+}
