@@ -13,3 +13,4 @@
 
 pub mod ca;
 pub mod net;
+pub mod redis;
