@@ -12,5 +12,8 @@
 //! Every server is stopped when its handle is dropped.
 
 pub mod ca;
+pub mod entra;
+pub mod jwt;
 pub mod net;
 pub mod redis;
+pub mod tenant;
