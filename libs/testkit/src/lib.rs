@@ -12,6 +12,7 @@
 //! Every server is stopped when its handle is dropped.
 
 pub mod ca;
+pub mod dovecot;
 pub mod entra;
 pub mod jwt;
 pub mod net;
