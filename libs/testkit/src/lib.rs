@@ -8,13 +8,17 @@
 //!   XOAUTH2 tokens the way Exchange Online does.
 //! - [`entra`]: an HTTPS stand-in for the Entra ID v2.0 token endpoint.
 //! - [`tenant`]: the administrator's Microsoft-side setup as data, applied to both.
+//! - [`stack`]: all of the above in one handle, the fixture applied and its mailboxes seeded.
+//! - [`imap`]: a small TLS + XOAUTH2 client for the kit's own checks and the demo.
 //!
 //! Every server is stopped when its handle is dropped.
 
 pub mod ca;
 pub mod dovecot;
 pub mod entra;
+pub mod imap;
 pub mod jwt;
 pub mod net;
 pub mod redis;
+pub mod stack;
 pub mod tenant;
