@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -524,15 +525,32 @@ async fn two_instances_side_by_side() -> anyhow::Result<()> {
 
     let first_imap = first.imap_addr();
     let instance = first.instance_name().to_owned();
+    // The master and runuser are known by the config path inside the instance's dir.
+    let dir = first
+        .mail_dir()
+        .parent()
+        .context("mail dir has a parent")?
+        .display()
+        .to_string();
+    let title = format!("dovecot-{instance}/");
+    assert!(
+        process_titles().iter().any(|t| t.starts_with(&title)),
+        "no process titled {title}…: the orphan check below would prove nothing"
+    );
+    let stopping = Instant::now();
     drop(first);
+    eprintln!("dovecot stop (drop): {:?}", stopping.elapsed());
     assert!(
         TcpStream::connect(first_imap).await.is_err(),
         "still listening"
     );
     assert!(
-        !process_titles().iter().any(|t| t.contains(&instance)),
+        !process_titles()
+            .iter()
+            .any(|t| t.contains(&instance) || t.contains(&dir)),
         "processes of {instance} survived the drop"
     );
+    assert!(!Path::new(&dir).exists(), "{dir} was not removed");
     Ok(())
 }
 
