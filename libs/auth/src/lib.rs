@@ -1,0 +1,1 @@
+//! Who is calling a threatmail service.
