@@ -117,3 +117,50 @@ async fn grants_changed_while_running_take_effect_on_the_next_login() -> anyhow:
     ));
     Ok(())
 }
+
+#[tokio::test]
+async fn two_stacks_run_side_by_side_and_stay_apart() -> anyhow::Result<()> {
+    let (first, second) = tokio::try_join!(
+        LocalStack::start(TenantFixture::everything_right()),
+        LocalStack::start(TenantFixture::everything_right()),
+    )?;
+    assert_ne!(first.dovecot.imaps_addr(), second.dovecot.imaps_addr());
+    assert_ne!(first.redis.url(), second.redis.url());
+
+    // Each Dovecot trusts only its own stand-in's signing key and tenant.
+    let token = first.primary_token().await?.access_token;
+    let in_first = login_xoauth2(
+        first.dovecot.imaps_addr(),
+        first.tls()?,
+        PHISH_MAILBOX,
+        &token,
+    )
+    .await?;
+    assert!(matches!(in_first, LoginOutcome::LoggedIn(_)));
+    let in_second = login_xoauth2(
+        second.dovecot.imaps_addr(),
+        second.tls()?,
+        PHISH_MAILBOX,
+        &token,
+    )
+    .await?;
+    assert!(
+        matches!(in_second, LoginOutcome::Refused(_)),
+        "another stack's token must not open this one"
+    );
+
+    // Each Redis keeps its own keys.
+    let mut a = first.redis.connection_manager().await?;
+    let mut b = second.redis.connection_manager().await?;
+    redis::cmd("SET")
+        .arg("tm:probe")
+        .arg("first")
+        .query_async::<()>(&mut a)
+        .await?;
+    let seen: Option<String> = redis::cmd("GET")
+        .arg("tm:probe")
+        .query_async(&mut b)
+        .await?;
+    assert_eq!(seen, None);
+    Ok(())
+}
