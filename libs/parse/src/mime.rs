@@ -1,0 +1,790 @@
+//! From raw bytes to a [`ParsedMessage`]: mail-parser does the MIME parsing; this walk turns
+//! its tree into records, decodes what mail-parser leaves undecoded (charset labels it does not
+//! know), hashes attachments, recurses into attached messages (`message/rfc822` in any transfer
+//! encoding, and `.eml` files of any declared type) up to a depth limit, and feeds every
+//! in-scope text to the scanners.
+//!
+//! Hostile mail is bounded: [`prescan`](crate::prescan) keeps mail-parser away from encoded
+//! nesting it would recurse on; the walk recurses at most `max_depth` levels and counts parts;
+//! what lies past a limit is scanned as raw text (a parse error never means no indicators);
+//! mail-parser's tree is torn down iteratively so even a 100 000-level chain of attached
+//! messages does not overflow the stack when dropped.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use mail_parser::parsers::MessageStream;
+use mail_parser::{
+    Address as MpAddress, Encoding, HeaderValue, Message, MessageParser, MimeHeaders, PartType,
+};
+use md5::Md5;
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+
+use crate::ParseOptions;
+use crate::charset::{self, Resolution};
+use crate::prescan::{self, Verdict};
+use crate::record::{
+    Address, Attachment, BodyPart, MessageRecord, ParsedMessage, Source, Warning, WarningKind,
+    is_originator_header,
+};
+use crate::scan::{self, Collector, Origin};
+
+/// Headers whose values are signatures, not text worth scanning.
+const SIGNATURE_HEADERS: &[&str] = &[
+    "dkim-signature",
+    "arc-seal",
+    "arc-message-signature",
+    "x-google-dkim-signature",
+    "domainkey-signature",
+];
+
+/// Parses a raw RFC 5322 message. Never panics; whatever goes wrong becomes a warning.
+pub(crate) fn parse(raw: &[u8], options: &ParseOptions) -> ParsedMessage {
+    let mut walk = Walk {
+        options,
+        out: Collector::default(),
+        warnings: Vec::new(),
+        parts: 0,
+        part_limit_hit: false,
+    };
+    let mut structure = String::new();
+    let message = walk.message_bytes(raw, 0, 0, "", &mut structure);
+    walk.finish(raw.len(), message, structure)
+}
+
+struct Walk<'o> {
+    options: &'o ParseOptions,
+    out: Collector,
+    warnings: Vec<Warning>,
+    parts: usize,
+    part_limit_hit: bool,
+}
+
+impl Walk<'_> {
+    fn warn(&mut self, kind: WarningKind, part: &str, detail: impl Into<String>) {
+        // A hostile message could make thousands of identical warnings: keep the first few.
+        if self.warnings.len() >= 100 {
+            return;
+        }
+        self.warnings.push(Warning {
+            kind,
+            part: (!part.is_empty()).then(|| part.to_string()),
+            detail: detail.into(),
+        });
+    }
+
+    /// Scans bytes that could not be parsed as raw text.
+    fn raw_fallback(&mut self, bytes: &[u8], depth: u32, part: &str) {
+        let text = String::from_utf8_lossy(bytes);
+        let origin = Origin {
+            depth,
+            part: part.to_string(),
+            source: Source::RawFallback,
+        };
+        scan::scan_text(&text, &origin, &mut self.out);
+    }
+
+    /// Parses `bytes` as a message at `depth` (held by a part at tree level `level`) and walks it.
+    fn message_bytes(
+        &mut self,
+        bytes: &[u8],
+        depth: u32,
+        level: u32,
+        path: &str,
+        structure: &mut String,
+    ) -> MessageRecord {
+        if let Verdict::Hostile { detail, decoded } = prescan::check(bytes) {
+            self.warn(WarningKind::HostileNesting, path, detail);
+            let record = MessageParser::default()
+                .parse_headers(bytes)
+                .map(|m| headers_record(&m))
+                .unwrap_or_default();
+            self.raw_fallback(bytes, depth, path);
+            for inner in decoded {
+                self.raw_fallback(&inner, depth + 1, path);
+            }
+            structure.push('?');
+            return record;
+        }
+        match MessageParser::default().parse(bytes) {
+            Some(message) => self.message(message, depth, level, path, structure),
+            None => {
+                let kind = if depth == 0 {
+                    WarningKind::NoHeaders
+                } else {
+                    WarningKind::NestedMessageUnparsable
+                };
+                self.warn(kind, path, "no header block; scanned as raw text");
+                self.raw_fallback(bytes, depth, path);
+                structure.push('?');
+                MessageRecord::default()
+            }
+        }
+    }
+
+    /// Walks a parsed message at `depth` whose parts are numbered under `path`; its root part is
+    /// at tree level `level + 1`.
+    fn message(
+        &mut self,
+        mut message: Message<'_>,
+        depth: u32,
+        level: u32,
+        path: &str,
+        structure: &mut String,
+    ) -> MessageRecord {
+        let mut record = headers_record(&message);
+        self.scan_headers(&message, depth, path);
+        if !message.parts.is_empty() {
+            let root_path = match message.parts[0].body {
+                PartType::Multipart(_) => path.to_string(),
+                _ => child_path(path, 1),
+            };
+            let bodies: HashSet<u32> = message
+                .text_body
+                .iter()
+                .chain(message.html_body.iter())
+                .copied()
+                .collect();
+            let mut ctx = MessageCtx {
+                depth,
+                bodies,
+                record: &mut record,
+                limit_warned: false,
+            };
+            self.part(&mut message, 0, &root_path, level + 1, &mut ctx, structure);
+        }
+        teardown(message);
+        record
+    }
+
+    fn scan_headers(&mut self, message: &Message<'_>, depth: u32, path: &str) {
+        let raw = message.raw_message();
+        let mut subject_done = false;
+        for header in message.headers() {
+            let name = header.name();
+            let origin = Origin {
+                depth,
+                part: path.to_string(),
+                source: Source::Header {
+                    name: name.to_string(),
+                },
+            };
+            if name.eq_ignore_ascii_case("subject") {
+                if !subject_done && let Some(subject) = message.subject() {
+                    let origin = Origin {
+                        source: Source::Subject,
+                        ..origin
+                    };
+                    scan::scan_text(subject, &origin, &mut self.out);
+                }
+                subject_done = true;
+            } else if is_originator_header(name) {
+                for address in header_addresses(header.value()) {
+                    self.out.add_email_address(&address, &origin);
+                }
+            } else if !SIGNATURE_HEADERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+            {
+                let start = header.offset_start() as usize;
+                let end = (header.offset_end() as usize).min(raw.len());
+                if let Some(value) = raw.get(start..end) {
+                    scan::scan_text(&String::from_utf8_lossy(value), &origin, &mut self.out);
+                }
+            }
+        }
+    }
+
+    /// Walks part `id` of `message`, at tree level `level` (counting every multipart and
+    /// attached message above it, across messages).
+    fn part(
+        &mut self,
+        message: &mut Message<'_>,
+        id: usize,
+        path: &str,
+        level: u32,
+        ctx: &mut MessageCtx<'_>,
+        structure: &mut String,
+    ) {
+        let Some(part) = message.parts.get(id) else {
+            return;
+        };
+        self.parts += 1;
+        if self.parts > self.options.max_parts {
+            if !self.part_limit_hit {
+                self.part_limit_hit = true;
+                self.warn(
+                    WarningKind::PartLimitExceeded,
+                    path,
+                    format!(
+                        "more than {} parts; the rest scanned as raw text",
+                        self.options.max_parts
+                    ),
+                );
+                let start = (part.offset_header as usize).min(message.raw_message.len());
+                self.raw_fallback(&message.raw_message[start..], ctx.depth, path);
+            }
+            structure.push('?');
+            return;
+        }
+        if level > self.options.max_depth {
+            if !ctx.limit_warned {
+                ctx.limit_warned = true;
+                self.warn(
+                    WarningKind::NestingLimitExceeded,
+                    path,
+                    format!(
+                        "MIME nesting limit exceeded (more than {} levels); the rest scanned as raw text",
+                        self.options.max_depth
+                    ),
+                );
+            }
+            let len = message.raw_message.len();
+            let start = (part.offset_header as usize).min(len);
+            let end = (part.offset_end as usize).clamp(start, len);
+            self.raw_fallback(&message.raw_message[start..end], ctx.depth, path);
+            structure.push('?');
+            return;
+        }
+        let info = PartInfo::of(part);
+        if part.is_encoding_problem {
+            self.warn(
+                WarningKind::EncodingProblem,
+                path,
+                format!(
+                    "{}: broken encoding or structure; bytes kept as text",
+                    info.content_type
+                ),
+            );
+        }
+        let children = match &part.body {
+            PartType::Multipart(children) => Some(children.clone()),
+            _ => None,
+        };
+        let kind = match &part.body {
+            PartType::Multipart(_) => Kind::Multipart,
+            PartType::Message(_) => Kind::Message,
+            PartType::Text(_) | PartType::Html(_) => Kind::Text,
+            PartType::Binary(_) | PartType::InlineBinary(_) => Kind::Binary,
+        };
+        match kind {
+            Kind::Multipart => {
+                structure.push_str(&info.content_type);
+                structure.push('(');
+                let mut n = 0;
+                for child in children.unwrap_or_default() {
+                    let child = child as usize;
+                    // Children always follow their parent in mail-parser's part list.
+                    if child <= id {
+                        continue;
+                    }
+                    if n > 0 {
+                        structure.push_str(", ");
+                    }
+                    n += 1;
+                    self.part(
+                        message,
+                        child,
+                        &child_path(path, n),
+                        level + 1,
+                        ctx,
+                        structure,
+                    );
+                }
+                structure.push(')');
+            }
+            Kind::Message => self.attached_message(message, id, path, level, info, ctx, structure),
+            Kind::Text => self.text_part(message, id, path, level, info, ctx, structure),
+            Kind::Binary => self.binary_part(message, id, path, level, info, ctx, structure),
+        }
+    }
+
+    /// A `message/rfc822` part mail-parser parsed (7bit/8bit, or base64/QP decoded).
+    #[allow(clippy::too_many_arguments)]
+    fn attached_message(
+        &mut self,
+        message: &mut Message<'_>,
+        id: usize,
+        path: &str,
+        level: u32,
+        info: PartInfo,
+        ctx: &mut MessageCtx<'_>,
+        structure: &mut String,
+    ) {
+        let len = message.raw_message.len();
+        let part = &mut message.parts[id];
+        let encoding = part.encoding;
+        let start = (part.offset_body as usize).min(len);
+        let end = (part.offset_end as usize).clamp(start, len);
+        let PartType::Message(inner) = std::mem::take(&mut part.body) else {
+            return;
+        };
+        // The decoded body: for 7bit/8bit the bytes between the header block and the CRLF
+        // before the next boundary; for base64/QP what mail-parser decoded.
+        let body: &[u8] = match encoding {
+            Encoding::None => &message.raw_message[start..end],
+            _ => &inner.raw_message,
+        };
+        let mut attachment = self.attachment(&info, path, ctx.depth, body);
+        structure.push_str(&info.content_type);
+        structure.push_str(encoding_tag(encoding));
+        structure.push('[');
+        if ctx.depth + 1 > self.options.max_message_depth {
+            self.message_too_deep(path, ctx.depth, &inner.raw_message, structure);
+            teardown(inner);
+        } else {
+            let nested = self.message(inner, ctx.depth + 1, level, path, structure);
+            attachment.message = Some(Box::new(nested));
+        }
+        structure.push(']');
+        ctx.record.attachments.push(attachment);
+    }
+
+    fn message_too_deep(&mut self, path: &str, depth: u32, raw: &[u8], structure: &mut String) {
+        self.warn(
+            WarningKind::NestingLimitExceeded,
+            path,
+            format!(
+                "attached message nesting limit exceeded (more than {} levels); scanned as raw text",
+                self.options.max_message_depth
+            ),
+        );
+        self.raw_fallback(raw, depth + 1, path);
+        structure.push('?');
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn text_part(
+        &mut self,
+        message: &mut Message<'_>,
+        id: usize,
+        path: &str,
+        level: u32,
+        info: PartInfo,
+        ctx: &mut MessageCtx<'_>,
+        structure: &mut String,
+    ) {
+        let is_html = matches!(message.parts[id].body, PartType::Html(_));
+        let text = self.decoded_text(message, id, path, &info);
+        if info.is_eml() {
+            // An attached message declared as text: parse its (transfer-decoded) bytes.
+            let bytes = decoded_bytes(message, id).into_owned();
+            let attachment = self.attachment(&info, path, ctx.depth, &bytes);
+            self.eml_attachment(&bytes, attachment, path, level, info, ctx, structure);
+            return;
+        }
+        structure.push_str(&info.content_type);
+        let is_body = info.file_name.is_none()
+            && !info.is_attachment_disposition
+            && ctx.bodies.contains(&(id as u32));
+        let source = match &info.file_name {
+            Some(name) => Source::Attachment {
+                file_name: name.clone(),
+            },
+            None if is_html => Source::Html,
+            None => Source::Text,
+        };
+        let origin = Origin {
+            depth: ctx.depth,
+            part: path.to_string(),
+            source,
+        };
+        let content = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        if is_html {
+            scan::scan_html(content, &origin, &mut self.out);
+        } else {
+            scan::scan_text(content, &origin, &mut self.out);
+        }
+        if is_body {
+            let body = BodyPart {
+                part: path.to_string(),
+                content_type: info.content_type.clone(),
+                charset: info.charset.clone(),
+                text: text.into_owned(),
+            };
+            if is_html {
+                ctx.record.html_bodies.push(body);
+            } else {
+                ctx.record.text_bodies.push(body);
+            }
+        } else {
+            // Hash the transfer-decoded bytes. mail-parser's text is those bytes exactly when it
+            // is ASCII, or UTF-8 decoded without replacement.
+            let identity = text.is_ascii()
+                || (info.charset_is_utf8() && !text.contains('\u{fffd}') && !info.recoded);
+            let attachment = if identity {
+                self.attachment(&info, path, ctx.depth, text.as_bytes())
+            } else {
+                let bytes = decoded_bytes(message, id);
+                self.attachment(&info, path, ctx.depth, &bytes)
+            };
+            ctx.record.attachments.push(attachment);
+        }
+    }
+
+    /// The text of a text part, re-decoded when mail-parser did not know its charset.
+    fn decoded_text<'m>(
+        &mut self,
+        message: &'m Message<'_>,
+        id: usize,
+        path: &str,
+        info: &PartInfo,
+    ) -> Cow<'m, str> {
+        let text: &str = match &message.parts[id].body {
+            PartType::Text(t) | PartType::Html(t) => t,
+            _ => "",
+        };
+        let Some(label) = info.charset.as_deref() else {
+            return Cow::Borrowed(text);
+        };
+        match charset::resolve(label) {
+            Resolution::MailParser => Cow::Borrowed(text),
+            Resolution::Whatwg(encoding) => {
+                Cow::Owned(charset::decode_with(encoding, &decoded_bytes(message, id)))
+            }
+            Resolution::Unknown => {
+                self.warn(
+                    WarningKind::UnknownCharset,
+                    path,
+                    format!("unknown charset {label:?}; decoded as UTF-8 or Latin-1"),
+                );
+                let bytes = decoded_bytes(message, id);
+                Cow::Owned(charset::decode_unknown(&bytes).into_owned())
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn binary_part(
+        &mut self,
+        message: &mut Message<'_>,
+        id: usize,
+        path: &str,
+        level: u32,
+        info: PartInfo,
+        ctx: &mut MessageCtx<'_>,
+        structure: &mut String,
+    ) {
+        // Take the bytes out of mail-parser's tree so they are freed as soon as they are hashed.
+        let bytes = match std::mem::take(&mut message.parts[id].body) {
+            PartType::Binary(b) | PartType::InlineBinary(b) => b,
+            _ => Cow::Borrowed(&[][..]),
+        };
+        let attachment = self.attachment(&info, path, ctx.depth, &bytes);
+        if info.is_eml() || info.is_message_type() {
+            self.eml_attachment(&bytes, attachment, path, level, info, ctx, structure);
+            return;
+        }
+        structure.push_str(&info.content_type);
+        if info.is_text_file() {
+            let (text, unknown) = charset::decode_attachment(&bytes, info.charset.as_deref());
+            if unknown {
+                self.warn(
+                    WarningKind::UnknownCharset,
+                    path,
+                    "unknown charset in a text attachment; decoded as UTF-8 or Latin-1",
+                );
+            }
+            let origin = Origin {
+                depth: ctx.depth,
+                part: path.to_string(),
+                source: Source::Attachment {
+                    file_name: info.file_name.clone().unwrap_or_default(),
+                },
+            };
+            scan::scan_text(&text, &origin, &mut self.out);
+        }
+        ctx.record.attachments.push(attachment);
+    }
+
+    /// An attached message given as bytes (`.eml` of any type, or one mail-parser left alone).
+    #[allow(clippy::too_many_arguments)]
+    fn eml_attachment(
+        &mut self,
+        bytes: &[u8],
+        mut attachment: Attachment,
+        path: &str,
+        level: u32,
+        info: PartInfo,
+        ctx: &mut MessageCtx<'_>,
+        structure: &mut String,
+    ) {
+        structure.push_str(&info.content_type);
+        structure.push_str(if info.is_eml() && !info.is_message_type() {
+            ";eml"
+        } else {
+            ""
+        });
+        structure.push('[');
+        if ctx.depth + 1 > self.options.max_message_depth {
+            self.message_too_deep(path, ctx.depth, bytes, structure);
+        } else {
+            let nested = self.message_bytes(bytes, ctx.depth + 1, level, path, structure);
+            attachment.message = Some(Box::new(nested));
+        }
+        structure.push(']');
+        ctx.record.attachments.push(attachment);
+    }
+
+    fn attachment(&mut self, info: &PartInfo, path: &str, depth: u32, bytes: &[u8]) -> Attachment {
+        if let Some(name) = &info.file_name {
+            let location = crate::record::Location {
+                depth,
+                part: path.to_string(),
+                source: Source::Attachment {
+                    file_name: name.clone(),
+                },
+                defanged: false,
+                derived_from: None,
+            };
+            self.out.add_file_name(name, location);
+        }
+        Attachment {
+            part: path.to_string(),
+            depth,
+            file_name: info.file_name.clone(),
+            content_type: info.content_type.clone(),
+            disposition: info.disposition.clone(),
+            transfer_encoding: info.transfer_encoding.clone(),
+            size: bytes.len() as u64,
+            md5: hex::encode(Md5::digest(bytes)),
+            sha1: hex::encode(Sha1::digest(bytes)),
+            sha256: hex::encode(Sha256::digest(bytes)),
+            message: None,
+        }
+    }
+
+    fn finish(self, size: usize, message: MessageRecord, structure: String) -> ParsedMessage {
+        let Walk {
+            out, mut warnings, ..
+        } = self;
+        let tlp = out
+            .tlp
+            .iter()
+            .filter(|m| m.location.in_key_scope())
+            .map(|m| m.level)
+            .max();
+        // A token-level mention (`review.xlsx`) inside a whole-label file name at the same
+        // place (`Q4 budget review.xlsx`) is the same file.
+        let mut file_names = out.file_names;
+        let wholes: Vec<(String, crate::record::Location)> = file_names
+            .iter()
+            .filter(|m| m.name.contains(' '))
+            .map(|m| (m.name.clone(), m.location.clone()))
+            .collect();
+        file_names.retain(|m| {
+            !wholes.iter().any(|(whole, location)| {
+                whole != &m.name
+                    && whole.ends_with(&format!(" {}", m.name))
+                    && location.depth == m.location.depth
+                    && location.part == m.location.part
+            })
+        });
+        warnings.dedup();
+        ParsedMessage {
+            size: size as u64,
+            message,
+            structure,
+            indicators: out.indicators,
+            tlp,
+            tlp_markings: out.tlp,
+            link_mismatches: out.links,
+            file_names,
+            warnings,
+        }
+    }
+}
+
+/// What a part's body is, read before the walk borrows the message mutably.
+enum Kind {
+    Multipart,
+    Message,
+    Text,
+    Binary,
+}
+
+/// Per-message state of the part walk.
+struct MessageCtx<'r> {
+    depth: u32,
+    bodies: HashSet<u32>,
+    record: &'r mut MessageRecord,
+    limit_warned: bool,
+}
+
+/// What the headers of one part say.
+struct PartInfo {
+    content_type: String,
+    charset: Option<String>,
+    file_name: Option<String>,
+    disposition: Option<String>,
+    is_attachment_disposition: bool,
+    transfer_encoding: Option<String>,
+    /// Whether the text was re-decoded (mail-parser's text is not the raw bytes).
+    recoded: bool,
+}
+
+impl PartInfo {
+    fn of(part: &mail_parser::MessagePart<'_>) -> PartInfo {
+        let content_type = match part.content_type() {
+            Some(ct) => {
+                let main = ct.ctype().to_ascii_lowercase();
+                match ct.subtype() {
+                    Some(sub) => format!("{main}/{}", sub.to_ascii_lowercase()),
+                    None => main,
+                }
+            }
+            None if matches!(part.body, PartType::Message(_)) => "message/rfc822".to_string(),
+            None => "text/plain".to_string(),
+        };
+        let charset = part
+            .content_type()
+            .and_then(|ct| ct.attribute("charset"))
+            .map(str::to_string);
+        let disposition = part
+            .content_disposition()
+            .map(|d| d.ctype().to_ascii_lowercase());
+        let file_name = part
+            .attachment_name()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty());
+        let recoded = charset
+            .as_deref()
+            .is_some_and(|l| charset::resolve(l) != Resolution::MailParser);
+        PartInfo {
+            content_type,
+            charset,
+            file_name,
+            is_attachment_disposition: disposition.as_deref() == Some("attachment"),
+            disposition,
+            transfer_encoding: part
+                .content_transfer_encoding()
+                .map(|e| e.trim().to_ascii_lowercase()),
+            recoded,
+        }
+    }
+
+    fn has_extension(&self, ext: &str) -> bool {
+        self.file_name.as_deref().is_some_and(|n| {
+            n.rsplit_once('.')
+                .is_some_and(|(_, e)| e.trim().eq_ignore_ascii_case(ext))
+        })
+    }
+
+    fn is_eml(&self) -> bool {
+        self.has_extension("eml")
+    }
+
+    fn is_text_file(&self) -> bool {
+        self.has_extension("csv")
+            || self.has_extension("txt")
+            || self.content_type.starts_with("text/")
+    }
+
+    fn is_message_type(&self) -> bool {
+        self.content_type == "message/rfc822" || self.content_type == "message/global"
+    }
+
+    fn charset_is_utf8(&self) -> bool {
+        match self.charset.as_deref() {
+            None => true,
+            Some(label) => charset::whatwg(label) == Some(encoding_rs::UTF_8),
+        }
+    }
+}
+
+fn encoding_tag(encoding: Encoding) -> &'static str {
+    match encoding {
+        Encoding::None => "",
+        Encoding::Base64 => ";base64",
+        Encoding::QuotedPrintable => ";quoted-printable",
+    }
+}
+
+fn child_path(path: &str, n: usize) -> String {
+    if path.is_empty() {
+        n.to_string()
+    } else {
+        format!("{path}.{n}")
+    }
+}
+
+/// The transfer-decoded body bytes of part `id`, re-read from the raw message.
+fn decoded_bytes<'m>(message: &'m Message<'_>, id: usize) -> Cow<'m, [u8]> {
+    let raw = message.raw_message();
+    let part = &message.parts[id];
+    let start = (part.offset_body as usize).min(raw.len());
+    let end = (part.offset_end as usize).clamp(start, raw.len());
+    let body = &raw[start..end];
+    let mut stream = MessageStream::new(body);
+    let (status, bytes) = match part.encoding {
+        Encoding::Base64 => stream.decode_base64_mime(b""),
+        Encoding::QuotedPrintable => stream.decode_quoted_printable_mime(b""),
+        Encoding::None => return Cow::Borrowed(body),
+    };
+    if status == usize::MAX {
+        Cow::Borrowed(body)
+    } else {
+        Cow::Owned(bytes.into_owned())
+    }
+}
+
+/// The header fields of a message's record.
+fn headers_record(message: &Message<'_>) -> MessageRecord {
+    MessageRecord {
+        message_id: message.message_id().map(str::to_string),
+        date: message.date().map(|d| d.to_rfc3339()),
+        from: addresses(message.from()),
+        sender: addresses(message.sender()),
+        reply_to: addresses(message.reply_to()),
+        return_path: message.return_address().map(str::to_string),
+        to: addresses(message.to()),
+        cc: addresses(message.cc()),
+        subject: message.subject().map(str::to_string),
+        ..MessageRecord::default()
+    }
+}
+
+fn addresses(address: Option<&MpAddress<'_>>) -> Vec<Address> {
+    let Some(address) = address else {
+        return Vec::new();
+    };
+    address
+        .iter()
+        .map(|a| Address {
+            name: a.name().map(str::to_string),
+            address: a.address().map(str::to_string),
+        })
+        .collect()
+}
+
+/// The addresses written in an originator header's value.
+fn header_addresses(value: &HeaderValue<'_>) -> Vec<String> {
+    match value {
+        HeaderValue::Address(address) => address
+            .iter()
+            .filter_map(|a| a.address().map(str::to_string))
+            .collect(),
+        HeaderValue::Text(text) => vec![text.trim().trim_matches(['<', '>']).to_string()],
+        HeaderValue::TextList(list) => list
+            .iter()
+            .map(|t| t.trim().trim_matches(['<', '>']).to_string())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Drops a mail-parser message without recursion: attached messages are moved onto a work list
+/// first, so a chain of any length is freed in constant stack.
+fn teardown(message: Message<'_>) {
+    let mut stack = vec![message];
+    while let Some(mut message) = stack.pop() {
+        for part in &mut message.parts {
+            if matches!(part.body, PartType::Message(_))
+                && let PartType::Message(inner) = std::mem::take(&mut part.body)
+            {
+                stack.push(inner);
+            }
+        }
+    }
+}

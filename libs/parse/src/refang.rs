@@ -1,0 +1,155 @@
+//! Refanging: turn defanged indicators (`hxxp`, `[.]`, `(.)`, `[at]`, `[:]`, ...) back into
+//! their live form before any scanner runs, remembering where a replacement happened so each
+//! indicator can say it was written defanged.
+//!
+//! Linear: one `regex` search pass (each search resumes at the previous match end and the
+//! pattern is a set of short literals, so no search scans past its match by more than a few
+//! bytes) plus one copy of the text.
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// The defanged forms of the labelled README (rule 2) and a few common variants.
+static DEFANG: LazyLock<Regex> = LazyLock::new(|| {
+    // Literal alternatives only; the regex crate compiles them into a linear-time matcher.
+    #[allow(clippy::unwrap_used)] // a constant pattern, checked by every test
+    Regex::new(
+        r"(?i)\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\)|\{dot\}|\[at\]|\(at\)|\{at\}|\[@\]|\(@\)|\{@\}|\[:\]|\[://\]|\[/\]|hxxp",
+    )
+    .unwrap()
+});
+
+/// Text with defanged forms replaced, and the byte ranges (in the new text) of every
+/// replacement.
+#[derive(Debug)]
+pub(crate) struct Refanged<'a> {
+    pub(crate) text: Cow<'a, str>,
+    pub(crate) spans: Vec<Range<usize>>,
+}
+
+impl Refanged<'_> {
+    /// Whether any replacement touches `range` (a range of the refanged text).
+    pub(crate) fn touches(&self, range: &Range<usize>) -> bool {
+        // `spans` is sorted and disjoint: find the first span ending after range.start.
+        let i = self.spans.partition_point(|s| s.end <= range.start);
+        self.spans.get(i).is_some_and(|s| s.start < range.end)
+    }
+}
+
+/// Refangs `text`.
+pub(crate) fn refang(text: &str) -> Refanged<'_> {
+    let mut out: Option<String> = None;
+    let mut spans = Vec::new();
+    let mut copied = 0;
+    for m in DEFANG.find_iter(text) {
+        let Some(replacement) = replacement(text, m.start(), m.end()) else {
+            continue;
+        };
+        let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
+        buf.push_str(&text[copied..m.start()]);
+        let start = buf.len();
+        buf.push_str(replacement);
+        spans.push(start..buf.len());
+        copied = m.end();
+    }
+    match out {
+        None => Refanged {
+            text: Cow::Borrowed(text),
+            spans,
+        },
+        Some(mut buf) => {
+            buf.push_str(&text[copied..]);
+            Refanged {
+                text: Cow::Owned(buf),
+                spans,
+            }
+        }
+    }
+}
+
+/// What the defanged form at `text[start..end]` stands for, or `None` when its context shows it
+/// is ordinary prose (`(at)` between spaces, `hxxp` inside a word).
+fn replacement(text: &str, start: usize, end: usize) -> Option<&'static str> {
+    let token = &text[start..end];
+    let before = text[..start].chars().next_back();
+    let after = text[end..].chars().next();
+    let glued = |c: Option<char>| c.is_some_and(|c| !c.is_whitespace());
+    let lower = token.to_ascii_lowercase();
+    match lower.as_str() {
+        "hxxp" => {
+            // `hxxp` starts a scheme: not inside a word, followed by `s`, `:` or `[`.
+            let word_before = before.is_some_and(|c| c.is_alphanumeric());
+            let scheme_follows = matches!(after, Some('s' | 'S' | ':' | '['));
+            (!word_before && scheme_follows).then_some("http")
+        }
+        "[.]" | "{.}" => Some("."),
+        // Bracket forms that occur in prose need an indicator on both sides.
+        "(.)" | "[dot]" | "(dot)" | "{dot}" => (glued(before) && glued(after)).then_some("."),
+        "[at]" | "(at)" | "{at}" => (glued(before) && glued(after)).then_some("@"),
+        "[@]" | "(@)" | "{@}" => Some("@"),
+        "[:]" => Some(":"),
+        "[://]" => Some("://"),
+        "[/]" => Some("/"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refangs_every_listed_form() {
+        let cases = [
+            ("hxxp://a.example[.]com", "http://a.example.com"),
+            ("hXXps[:]//b.example(.)net/x", "https://b.example.net/x"),
+            ("hxxps[://]c.example{.}org", "https://c.example.org"),
+            ("d[dot]example[DOT]com", "d.example.com"),
+            ("e(dot)example{dot}com", "e.example.com"),
+            ("user[at]example.com", "user@example.com"),
+            ("user(at)example.com", "user@example.com"),
+            ("user{at}example.com", "user@example.com"),
+            ("user[@]example.com", "user@example.com"),
+            ("user(@)example.com", "user@example.com"),
+            (
+                "https[:]//docs[.]example[.]org/s/abc",
+                "https://docs.example.org/s/abc",
+            ),
+            ("203.0.113[.]7", "203.0.113.7"),
+        ];
+        for (input, expected) in cases {
+            let r = refang(input);
+            assert_eq!(r.text, expected, "{input}");
+            assert!(!r.spans.is_empty(), "{input}");
+        }
+    }
+
+    #[test]
+    fn leaves_prose_alone() {
+        for input in [
+            "meet me (at) noon",
+            "see the list [at] the end",
+            "a dot (.) here",
+            "shxxp://nope",
+            "hxxpfoo",
+            "plain https://example.com/",
+        ] {
+            let r = refang(input);
+            assert_eq!(r.text, input);
+            assert!(r.spans.is_empty(), "{input}");
+            assert!(matches!(r.text, Cow::Borrowed(_)));
+        }
+    }
+
+    #[test]
+    fn spans_locate_replacements() {
+        let r = refang("x hxxps://a[.]example.com y");
+        assert_eq!(r.text, "x https://a.example.com y");
+        assert!(r.touches(&(2..23)));
+        assert!(!r.touches(&(0..2)));
+        assert!(!r.touches(&(24..25)));
+    }
+}
