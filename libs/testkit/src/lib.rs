@@ -16,6 +16,7 @@
 pub mod ca;
 pub mod dovecot;
 pub mod entra;
+pub mod grpc;
 pub mod imap;
 pub mod jwt;
 pub mod net;
