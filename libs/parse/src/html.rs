@@ -77,17 +77,18 @@ pub(crate) fn content(html: &str) -> HtmlContent {
     let mut out = HtmlContent::default();
     let mut pos = 0;
     let mut in_head = false;
+    let mut in_pre = 0usize;
     // (href, start of the anchor text in out.text)
     let mut anchor: Option<(String, usize)> = None;
     while pos < html.len() {
         let Some(lt) = html[pos..].find('<').map(|i| pos + i) else {
             if !in_head {
-                decode_into(&html[pos..], &mut out.text);
+                push_text(&html[pos..], in_pre > 0, &mut out.text);
             }
             break;
         };
         if !in_head {
-            decode_into(&html[pos..lt], &mut out.text);
+            push_text(&html[pos..lt], in_pre > 0, &mut out.text);
         }
         let rest = &html[lt..];
         if let Some(comment) = rest.strip_prefix("<!--") {
@@ -107,7 +108,7 @@ pub(crate) fn content(html: &str) -> HtmlContent {
         if name_len == 0 {
             // A lone `<` is text.
             if !in_head {
-                out.text.push('<');
+                push_text("<", in_pre > 0, &mut out.text);
             }
             pos = lt + 1;
             continue;
@@ -118,13 +119,17 @@ pub(crate) fn content(html: &str) -> HtmlContent {
         if closing {
             match name.as_str() {
                 "head" => in_head = false,
+                "pre" => {
+                    in_pre = in_pre.saturating_sub(1);
+                    newline(&mut out.text);
+                }
                 "a" => {
                     if let Some((href, start)) = anchor.take() {
                         push_link(&mut out, href, start);
                     }
                 }
-                "td" | "th" => out.text.push('\t'),
-                n if BLOCKS.contains(&n) => out.text.push('\n'),
+                "td" | "th" => cell(&mut out.text),
+                n if BLOCKS.contains(&n) => newline(&mut out.text),
                 _ => {}
             }
             continue;
@@ -132,12 +137,13 @@ pub(crate) fn content(html: &str) -> HtmlContent {
         match name.as_str() {
             "head" => in_head = true,
             "body" => in_head = false,
+            "pre" => in_pre += 1,
             _ => {}
         }
-        if BLOCKS.contains(&name.as_str()) {
-            out.text.push('\n');
+        if BLOCKS.contains(&name.as_str()) || name == "pre" {
+            newline(&mut out.text);
         } else if name == "td" || name == "th" {
-            out.text.push('\t');
+            cell(&mut out.text);
         }
         if !in_head {
             for (attr, value) in attrs {
@@ -164,6 +170,46 @@ pub(crate) fn content(html: &str) -> HtmlContent {
         push_link(&mut out, href, start);
     }
     out
+}
+
+/// Appends a text node: references decoded and, outside `<pre>`, runs of whitespace collapsed
+/// to one space as a browser renders them (none at the start of a line).
+fn push_text(raw: &str, preformatted: bool, out: &mut String) {
+    if preformatted {
+        decode_into(raw, out);
+        return;
+    }
+    let mut decoded = String::with_capacity(raw.len());
+    decode_into(raw, &mut decoded);
+    for c in decoded.chars() {
+        if c.is_ascii_whitespace() {
+            if !(out.is_empty() || out.ends_with([' ', '\n', '\t'])) {
+                out.push(' ');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// Starts a new line of visible text (block elements); consecutive blocks make one break.
+fn newline(out: &mut String) {
+    while out.ends_with([' ', '\t']) {
+        out.pop();
+    }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+}
+
+/// Separates table cells.
+fn cell(out: &mut String) {
+    while out.ends_with(' ') {
+        out.pop();
+    }
+    if !out.is_empty() && !out.ends_with(['\n', '\t']) {
+        out.push('\t');
+    }
 }
 
 fn push_link(out: &mut HtmlContent, href: String, start: usize) {
@@ -491,6 +537,17 @@ mod tests {
         assert_eq!(c.links.len(), 1);
         assert_eq!(c.links[0].text, "Click <here>");
         assert_eq!(c.links[0].href, "https://t.example.net/?a=1&b=2");
+    }
+
+    #[test]
+    fn blocks_make_single_lines() {
+        let c = content(
+            "<table>\n<tr><td>TLP:RED</td><td>named</td></tr>\n<tr><td>TLP:AMBER</td><td>limited</td></tr>\n</table><p>a\n   b</p><pre>x\n  y</pre>",
+        );
+        assert_eq!(
+            c.text,
+            "TLP:RED\tnamed\nTLP:AMBER\tlimited\na b\nx\n  y\n"
+        );
     }
 
     #[test]

@@ -201,17 +201,39 @@ const AV_PREFIXES_STRONG: &[&str] = &[
     "pup",
 ];
 
-/// Family prefixes that also occur as ordinary words: they mark an AV name only in a token
-/// written with capitals (`Trojan.GenericKD`), as verdicts are and indicators rarely are.
-const AV_PREFIXES_WEAK: &[&str] = &[
-    "trojan", "troj", "backdoor", "worm", "virus", "adware", "exploit", "ransom", "spyware",
+/// Family names that also occur as ordinary words: they mark an AV name only in a token
+/// written with capitals (`Trojan.GenericKD`, `Email.Phishing.VA`), as verdicts are and
+/// indicators rarely are.
+const AV_WORDS_WEAK: &[&str] = &[
+    "trojan",
+    "troj",
+    "backdoor",
+    "worm",
+    "virus",
+    "adware",
+    "exploit",
+    "ransom",
+    "spyware",
     "rootkit",
+    "phishing",
+    "generic",
+    "generickd",
+    "gen",
+    "agent",
+    "malware",
+    "heuristic",
+    "downloader",
+    "dropper",
+    "variant",
+    "packed",
+    "suspicious",
 ];
 
 /// Whether `token` (a whitespace-delimited word holding a domain-like candidate at
 /// `candidate_start..candidate_end`) reads as an antivirus verdict name: it starts with a
-/// malware family prefix (`Trojan.`, `Trojan-Spy.`, `HEUR:`), or carries the `!` suffix or the
-/// `Platform/Name` form AV engines use.
+/// platform or family prefix (`W32.`, `HEUR:`), has a family word among its components and is
+/// written with capitals (`Trojan-Downloader.O97M.Agent.CA`), or carries the `!` suffix or the
+/// `Platform/Name` form AV engines use (`W32/Agent.CA!tr`).
 pub(crate) fn is_av_name(token: &str, candidate_start: usize, candidate_end: usize) -> bool {
     let before = &token[..candidate_start];
     let after = &token[candidate_end..];
@@ -219,12 +241,48 @@ pub(crate) fn is_av_name(token: &str, candidate_start: usize, candidate_end: usi
         return true;
     }
     let first = token
-        .split(['.', ':', '/', '-', '!'])
+        .split(['.', ':', '/', '-', '!', '_'])
+        .find(|c| !c.is_empty())
+        .unwrap_or_default();
+    if AV_PREFIXES_STRONG
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(first))
+    {
+        return true;
+    }
+    let is_weak = |c: &str| {
+        AV_WORDS_WEAK.iter().any(|w| {
+            c.eq_ignore_ascii_case(w)
+                || (c.len() > w.len()
+                    && c.as_bytes()[w.len()] == b'-'
+                    && c[..w.len()].eq_ignore_ascii_case(w))
+        })
+    };
+    let capitals = token.bytes().any(|b| b.is_ascii_uppercase());
+    let first_word = token
+        .split(['.', ':', '/', '!', '_'])
         .next()
         .unwrap_or_default();
-    let matches = |list: &[&str]| list.iter().any(|p| p.eq_ignore_ascii_case(first));
-    matches(AV_PREFIXES_STRONG)
-        || (matches(AV_PREFIXES_WEAK) && token.bytes().any(|b| b.is_ascii_uppercase()))
+    let first_is_family = AV_WORDS_WEAK
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(first_word));
+    if capitals
+        && first_word
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_uppercase())
+        && first_is_family
+    {
+        return true;
+    }
+    // Otherwise a family word counts only before an upper-case variant suffix (`.CA`, `.VA`):
+    // host names are written in lower case.
+    let tld = token[candidate_start..candidate_end]
+        .rsplit('.')
+        .next()
+        .unwrap_or_default();
+    let upper_suffix = !tld.bytes().any(|b| b.is_ascii_lowercase());
+    upper_suffix && token.split(['.', ':', '/', '!', '_']).any(is_weak)
 }
 
 #[cfg(test)]
@@ -255,6 +313,13 @@ mod tests {
             ("js.example.com", "js.example.com", false),
             ("trojan-news.example.com", "trojan-news.example.com", false),
             ("Trojan.GenericKD.4711", "Trojan.GenericKD", true),
+            ("Email.Phishing.VA", "Email.Phishing.VA", true),
+            ("agent.example.com", "agent.example.com", false),
+            (
+                "Phishing-portal.example.com",
+                "Phishing-portal.example.com",
+                false,
+            ),
         ];
         for (token, candidate, expected) in cases {
             let start = token.find(candidate).unwrap_or(0);

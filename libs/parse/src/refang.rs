@@ -45,15 +45,15 @@ pub(crate) fn refang(text: &str) -> Refanged<'_> {
     let mut spans = Vec::new();
     let mut copied = 0;
     for m in DEFANG.find_iter(text) {
-        let Some(replacement) = replacement(text, m.start(), m.end()) else {
+        let Some((replacement, start, end)) = replacement(text, m.start(), m.end(), copied) else {
             continue;
         };
         let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
-        buf.push_str(&text[copied..m.start()]);
-        let start = buf.len();
+        buf.push_str(&text[copied..start]);
+        let at = buf.len();
         buf.push_str(replacement);
-        spans.push(start..buf.len());
-        copied = m.end();
+        spans.push(at..buf.len());
+        copied = end;
     }
     match out {
         None => Refanged {
@@ -70,31 +70,51 @@ pub(crate) fn refang(text: &str) -> Refanged<'_> {
     }
 }
 
-/// What the defanged form at `text[start..end]` stands for, or `None` when its context shows it
-/// is ordinary prose (`(at)` between spaces, `hxxp` inside a word).
-fn replacement(text: &str, start: usize, end: usize) -> Option<&'static str> {
-    let token = &text[start..end];
+/// What the defanged form at `text[start..end]` stands for, and the range it replaces (a
+/// bracket form written with one space on each side, `user [at] example [dot] com`, takes the
+/// spaces with it); `None` when its context shows it is ordinary prose (`(at)` between
+/// words, `hxxp` inside a word). `floor` is where the previous replacement ended.
+fn replacement(
+    text: &str,
+    start: usize,
+    end: usize,
+    floor: usize,
+) -> Option<(&'static str, usize, usize)> {
+    let lower = text[start..end].to_ascii_lowercase();
     let before = text[..start].chars().next_back();
     let after = text[end..].chars().next();
     let glued = |c: Option<char>| c.is_some_and(|c| !c.is_whitespace());
-    let lower = token.to_ascii_lowercase();
-    match lower.as_str() {
-        "hxxp" => {
-            // `hxxp` starts a scheme: not inside a word, followed by `s`, `:` or `[`.
-            let word_before = before.is_some_and(|c| c.is_alphanumeric());
-            let scheme_follows = matches!(after, Some('s' | 'S' | ':' | '['));
-            (!word_before && scheme_follows).then_some("http")
-        }
-        "[.]" | "{.}" => Some("."),
-        // Bracket forms that occur in prose need an indicator on both sides.
-        "(.)" | "[dot]" | "(dot)" | "{dot}" => (glued(before) && glued(after)).then_some("."),
-        "[at]" | "(at)" | "{at}" => (glued(before) && glued(after)).then_some("@"),
-        "[@]" | "(@)" | "{@}" => Some("@"),
-        "[:]" => Some(":"),
-        "[://]" => Some("://"),
-        "[/]" => Some("/"),
-        _ => None,
+    if lower == "hxxp" {
+        // `hxxp` starts a scheme: not inside a word, followed by `s`, `:` or `[`.
+        let word_before = before.is_some_and(|c| c.is_alphanumeric());
+        let scheme_follows = matches!(after, Some('s' | 'S' | ':' | '['));
+        return (!word_before && scheme_follows).then_some(("http", start, end));
     }
+    let (value, needs_neighbours) = match lower.as_str() {
+        "[.]" | "{.}" => (".", false),
+        "(.)" | "[dot]" | "(dot)" | "{dot}" => (".", true),
+        "[at]" | "(at)" | "{at}" => ("@", true),
+        "[@]" | "(@)" | "{@}" => ("@", false),
+        "[:]" => (":", false),
+        "[://]" => ("://", false),
+        "[/]" => ("/", false),
+        _ => return None,
+    };
+    if glued(before) && glued(after) {
+        return Some((value, start, end));
+    }
+    // One space each side, then more of the indicator: `example [dot] com` (square or curly
+    // brackets only; parentheses are too common in prose).
+    let spaced = !lower.starts_with('(')
+        && before == Some(' ')
+        && after == Some(' ')
+        && start > floor
+        && glued(text[..start - 1].chars().next_back())
+        && glued(text[end + 1..].chars().next());
+    if spaced && matches!(value, "." | "@") {
+        return Some((value, start - 1, end + 1));
+    }
+    (!needs_neighbours).then_some((value, start, end))
 }
 
 #[cfg(test)]
@@ -119,6 +139,9 @@ mod tests {
                 "https://docs.example.org/s/abc",
             ),
             ("203.0.113[.]7", "203.0.113.7"),
+            ("user [at] example [dot] com", "user@example.com"),
+            ("a [.] b", "a.b"),
+            ("write to soc [at] example.com", "write to soc@example.com"),
         ];
         for (input, expected) in cases {
             let r = refang(input);
@@ -131,7 +154,6 @@ mod tests {
     fn leaves_prose_alone() {
         for input in [
             "meet me (at) noon",
-            "see the list [at] the end",
             "a dot (.) here",
             "shxxp://nope",
             "hxxpfoo",

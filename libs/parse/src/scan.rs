@@ -52,7 +52,10 @@ const MAX_MENTIONS: usize = 10_000;
 static URL: LazyLock<Regex> = LazyLock::new(|| {
     // A URL ends at whitespace, `<`, `>`, quotes, a backtick, a comma, guillemets, curly quotes
     // and CJK brackets (README rule 3); trailing punctuation is trimmed afterwards.
-    Regex::new(r#"(?i)https?://[^\s<>"'`,«»‘’“”„‚‹›「」『』（）\x00-\x1f\x7f]+"#).unwrap()
+    Regex::new(
+        r#"(?i)https?://[^\s<>"'`,«»‘’“”„‚‹›「」『』（）【】〈〉《》。、，：；！？\x00-\x1f\x7f]+"#,
+    )
+    .unwrap()
 });
 
 #[allow(clippy::unwrap_used)]
@@ -270,9 +273,6 @@ impl Collector {
 pub(crate) fn scan_text(text: &str, origin: &Origin, out: &mut Collector) {
     out.stats.texts += 1;
     out.stats.bytes += text.len() as u64;
-    for level in tlp::markings(text) {
-        out.add_tlp(level, origin.location(false, None));
-    }
     for chunk in chunks(text) {
         scan_chunk(chunk, origin, out);
     }
@@ -350,6 +350,11 @@ fn text_host(text: &str) -> Option<Host> {
     for m in DOMAIN.find_iter(bytes) {
         if let Some(domain) = domain_at(bytes, m.range(), &refanged, &mut ScanStats::default()) {
             return Some(Host::Domain(domain));
+        }
+    }
+    for m in EMAIL.find_iter(bytes) {
+        if let Some(found) = email_at(bytes, m.range()) {
+            return Some(Host::Domain(found.domain));
         }
     }
     for m in IPV4.find_iter(bytes) {
@@ -470,6 +475,13 @@ fn scan_chunk(chunk: &str, origin: &Origin, out: &mut Collector) {
     }
     for range in email_ranges {
         mask(&mut buf, range);
+    }
+
+    // TLP markings, outside URLs and addresses (`.../TLP-RED-report.pdf` is not a marking).
+    if let Ok(masked) = std::str::from_utf8(&buf) {
+        for level in tlp::markings(masked) {
+            out.add_tlp(level, origin.location(false, None));
+        }
     }
 
     // 3. IPv6 addresses and networks (before IPv4, which they may embed).
@@ -721,7 +733,7 @@ fn after_version_word(buf: &[u8], start: usize) -> bool {
     let window = &buf[start.saturating_sub(TOKEN_WINDOW)..start];
     let trimmed_len = window
         .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t' | b':' | b'#' | b'='))
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b':' | b'#' | b'=' | b'.' | b'('))
         .map_or(0, |i| i + 1);
     let head = &window[..trimmed_len];
     let word_start = head
@@ -863,7 +875,7 @@ fn file_name_at<'b>(
         return None;
     }
     if let Some(c) = char_before(buf, range.start)
-        && matches!(c, '/' | '\\' | '.' | '@' | '%' | '&' | '=')
+        && matches!(c, '.' | '@' | '%')
     {
         return None;
     }

@@ -61,7 +61,7 @@ pub(crate) fn markings(text: &str) -> Vec<Tlp> {
         let at_line_start = lead
             .by_ref()
             .take(LEAD_WINDOW)
-            .all(|c| c.is_whitespace() || "[(*-•·|>".contains(c))
+            .all(|c| c.is_whitespace() || c.is_ascii_digit() || "[(*-•·|>.)".contains(c))
             && lead.next().is_none();
         let definition = text[whole.end()..]
             .chars()
@@ -137,6 +137,9 @@ mod tests {
         let text = "Marking: TLP:GREEN\n\nTLP definitions:\nTLP:RED = for the eyes of named recipients only\nTLP:AMBER = limited disclosure\nTLP:GREEN = community-wide\nTLP:CLEAR = no limit\n";
         assert_eq!(markings(text), vec![Tlp::Green]);
         let html_rows = "TLP:RED\tnamed recipients only\nTLP:AMBER\tlimited disclosure\n";
+        assert_eq!(markings(html_rows), Vec::<Tlp>::new());
+        let numbered = "1. TLP:RED - named recipients only\n2. TLP:CLEAR - no limit\n";
+        assert_eq!(markings(numbered), Vec::<Tlp>::new());
         assert_eq!(markings(html_rows), Vec::<Tlp>::new());
     }
 }

@@ -129,7 +129,8 @@ fn split_port(hostport: &str) -> Option<(&str, Option<&str>)> {
 
 /// Whether `host` is a Microsoft Safe Links wrapper (`<region>.safelinks.protection.outlook.com`).
 pub(crate) fn is_safelinks(host: &str) -> bool {
-    host.ends_with(".safelinks.protection.outlook.com")
+    host == "safelinks.protection.outlook.com"
+        || host.ends_with(".safelinks.protection.outlook.com")
 }
 
 /// The raw (still percent-encoded) value of query parameter `name` in `tail` (`/path?query#f`).
