@@ -3,6 +3,9 @@
 //! [`run`] serves it on a listener until the shutdown token is cancelled; `main.rs` only
 //! loads the configuration and calls it, and tests call it directly.
 
+pub mod cache;
+pub mod claims;
+pub mod clock;
 pub mod config;
 
 pub use config::Config;
