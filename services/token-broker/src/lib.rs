@@ -7,6 +7,7 @@ pub mod cache;
 pub mod claims;
 pub mod clock;
 pub mod config;
+pub mod entra;
 
 pub use config::Config;
 
