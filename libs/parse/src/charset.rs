@@ -55,20 +55,29 @@ pub(crate) fn decode_unknown(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
-/// Decodes bytes of a text attachment with an optional declared charset: the declared one if
-/// known, else UTF-8 or Latin-1; a leading UTF-8 BOM is not content.
+/// Decodes bytes with an optional declared charset: the declared one if known (mail-parser's
+/// decoders first, then the WHATWG labels), else UTF-8 or Latin-1. The flag is set when the
+/// label is unknown.
+pub(crate) fn decode_label<'a>(bytes: &'a [u8], label: Option<&str>) -> (Cow<'a, str>, bool) {
+    let Some(label) = label.map(|l| l.trim().trim_matches(['"', '\'']).trim()) else {
+        return (String::from_utf8_lossy(bytes), false);
+    };
+    if let Some(decoder) = charset_decoder(label.as_bytes()) {
+        return (Cow::Owned(decoder(bytes)), false);
+    }
+    match whatwg(label) {
+        Some(encoding) if encoding == encoding_rs::UTF_8 => (String::from_utf8_lossy(bytes), false),
+        Some(encoding) => (Cow::Owned(decode_with(encoding, bytes)), false),
+        None => (decode_unknown(bytes), true),
+    }
+}
+
+/// Decodes bytes of a text attachment (see [`decode_label`]); a leading UTF-8 BOM is not
+/// content.
 pub(crate) fn decode_attachment<'a>(bytes: &'a [u8], label: Option<&str>) -> (Cow<'a, str>, bool) {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     match label {
-        Some(label) => {
-            if let Some(decoder) = charset_decoder(label.trim().trim_matches('"').as_bytes()) {
-                return (Cow::Owned(decoder(bytes)), false);
-            }
-            match whatwg(label) {
-                Some(encoding) => (Cow::Owned(decode_with(encoding, bytes)), false),
-                None => (decode_unknown(bytes), true),
-            }
-        }
+        Some(_) => decode_label(bytes, label),
         None => (decode_unknown(bytes), false),
     }
 }

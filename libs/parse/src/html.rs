@@ -544,10 +544,7 @@ mod tests {
         let c = content(
             "<table>\n<tr><td>TLP:RED</td><td>named</td></tr>\n<tr><td>TLP:AMBER</td><td>limited</td></tr>\n</table><p>a\n   b</p><pre>x\n  y</pre>",
         );
-        assert_eq!(
-            c.text,
-            "TLP:RED\tnamed\nTLP:AMBER\tlimited\na b\nx\n  y\n"
-        );
+        assert_eq!(c.text, "TLP:RED\tnamed\nTLP:AMBER\tlimited\na b\nx\n  y\n");
     }
 
     #[test]

@@ -94,20 +94,35 @@ impl Walk<'_> {
         path: &str,
         structure: &mut String,
     ) -> MessageRecord {
-        if let Verdict::Hostile { detail, decoded } = prescan::check(bytes) {
-            self.warn(WarningKind::HostileNesting, path, detail);
-            let record = MessageParser::default()
-                .parse_headers(bytes)
-                .map(|m| headers_record(&m))
-                .unwrap_or_default();
-            self.raw_fallback(bytes, depth, path);
-            for inner in decoded {
-                self.raw_fallback(&inner, depth + 1, path);
+        let cut = match prescan::check(bytes) {
+            Verdict::Safe { cut } => cut,
+            Verdict::Hostile { detail, decoded } => {
+                self.warn(WarningKind::HostileNesting, path, detail);
+                let record = MessageParser::default()
+                    .parse_headers(bytes)
+                    .map(|m| headers_record(&m))
+                    .unwrap_or_default();
+                self.raw_fallback(bytes, depth, path);
+                for inner in decoded {
+                    self.raw_fallback(&inner, depth + 1, path);
+                }
+                structure.push('?');
+                return record;
             }
-            structure.push('?');
-            return record;
-        }
-        match MessageParser::default().parse(bytes) {
+        };
+        let parse_len = match cut {
+            Some(cut) => {
+                self.warn(
+                    WarningKind::NestingLimitExceeded,
+                    path,
+                    "MIME nesting limit exceeded (chain of attached messages); the rest scanned as raw text",
+                );
+                self.raw_fallback(&bytes[cut..], depth, path);
+                cut
+            }
+            None => bytes.len(),
+        };
+        match MessageParser::default().parse(&bytes[..parse_len]) {
             Some(message) => self.message(message, depth, level, path, structure),
             None => {
                 let kind = if depth == 0 {
@@ -331,7 +346,13 @@ impl Walk<'_> {
         structure.push_str(encoding_tag(encoding));
         structure.push('[');
         if ctx.depth + 1 > self.options.max_message_depth {
-            self.message_too_deep(path, ctx.depth, &inner.raw_message, structure);
+            // For 7bit/8bit, mail-parser's nested raw_message is the whole outer buffer: scan
+            // only this part's body.
+            let body: &[u8] = match encoding {
+                Encoding::None => &message.raw_message[start..end],
+                _ => &inner.raw_message,
+            };
+            self.message_too_deep(path, ctx.depth, body, structure);
             teardown(inner);
         } else {
             let nested = self.message(inner, ctx.depth + 1, level, path, structure);
@@ -361,12 +382,12 @@ impl Walk<'_> {
         id: usize,
         path: &str,
         level: u32,
-        info: PartInfo,
+        mut info: PartInfo,
         ctx: &mut MessageCtx<'_>,
         structure: &mut String,
     ) {
         let is_html = matches!(message.parts[id].body, PartType::Html(_));
-        let text = self.decoded_text(message, id, path, &info);
+        let text = self.decoded_text(message, id, path, &mut info);
         if info.is_eml() {
             // An attached message declared as text: parse its (transfer-decoded) bytes.
             let bytes = decoded_bytes(message, id).into_owned();
@@ -423,36 +444,43 @@ impl Walk<'_> {
         }
     }
 
-    /// The text of a text part, re-decoded when mail-parser did not know its charset.
+    /// The text of a text part, re-decoded when mail-parser did not know its charset, or when
+    /// its quoted-printable body ends in a soft line break (mail-parser 0.11 then drops the
+    /// last characters before the boundary).
     fn decoded_text<'m>(
         &mut self,
         message: &'m Message<'_>,
         id: usize,
         path: &str,
-        info: &PartInfo,
+        info: &mut PartInfo,
     ) -> Cow<'m, str> {
         let text: &str = match &message.parts[id].body {
             PartType::Text(t) | PartType::Html(t) => t,
             _ => "",
         };
-        let Some(label) = info.charset.as_deref() else {
+        let resolution = info
+            .charset
+            .as_deref()
+            .map_or(Resolution::MailParser, charset::resolve);
+        let soft_break_at_end = message.parts[id].encoding == Encoding::QuotedPrintable
+            && ends_with_soft_break(message, id);
+        if resolution == Resolution::MailParser && !soft_break_at_end {
             return Cow::Borrowed(text);
-        };
-        match charset::resolve(label) {
-            Resolution::MailParser => Cow::Borrowed(text),
-            Resolution::Whatwg(encoding) => {
-                Cow::Owned(charset::decode_with(encoding, &decoded_bytes(message, id)))
-            }
-            Resolution::Unknown => {
-                self.warn(
-                    WarningKind::UnknownCharset,
-                    path,
-                    format!("unknown charset {label:?}; decoded as UTF-8 or Latin-1"),
-                );
-                let bytes = decoded_bytes(message, id);
-                Cow::Owned(charset::decode_unknown(&bytes).into_owned())
-            }
         }
+        info.recoded = true;
+        let bytes = decoded_bytes(message, id);
+        let (decoded, unknown) = charset::decode_label(&bytes, info.charset.as_deref());
+        if unknown {
+            self.warn(
+                WarningKind::UnknownCharset,
+                path,
+                format!(
+                    "unknown charset {:?}; decoded as UTF-8 or Latin-1",
+                    info.charset.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        Cow::Owned(decoded.into_owned())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -707,6 +735,19 @@ fn child_path(path: &str, n: usize) -> String {
     } else {
         format!("{path}.{n}")
     }
+}
+
+/// Whether the raw body of part `id` ends in a quoted-printable soft line break (`=`).
+fn ends_with_soft_break(message: &Message<'_>, id: usize) -> bool {
+    let raw = message.raw_message();
+    let part = &message.parts[id];
+    let start = (part.offset_body as usize).min(raw.len());
+    let end = (part.offset_end as usize).clamp(start, raw.len());
+    raw[start..end]
+        .iter()
+        .rev()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'=')
 }
 
 /// The transfer-decoded body bytes of part `id`, re-read from the raw message.
