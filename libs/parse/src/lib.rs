@@ -29,7 +29,7 @@ pub use record::{
     Address, Attachment, BodyPart, FileNameMention, Indicator, IndicatorKind, LinkMismatch,
     Location, MessageRecord, ParsedMessage, Source, Tlp, TlpMarking, Warning, WarningKind,
 };
-pub use scan::{ScanStats, TextExtraction, extract_text};
+pub use scan::{ScanStats, ScannedText, TextExtraction, extract_text};
 pub use score::{AnswerKey, Counts, MessageScore, Scorecard};
 pub use summary::{Summary, SummaryAttachment, SummaryLink};
 
@@ -63,4 +63,12 @@ pub fn parse_message(raw: &[u8]) -> ParsedMessage {
 /// Parses a raw RFC 5322 message with the given limits.
 pub fn parse_message_with(raw: &[u8], options: &ParseOptions) -> ParsedMessage {
     mime::parse(raw, options)
+}
+
+/// Parses a raw message and also returns every decoded text the scanners read (subjects,
+/// bodies, HTML visible text and attribute values, text attachments, header values), each
+/// with its location; [`Location::in_key_scope`] tells which are in the answer keys' scope.
+/// Used to run other extractors over exactly the same text.
+pub fn parse_message_with_texts(raw: &[u8]) -> (ParsedMessage, Vec<ScannedText>) {
+    mime::parse_collecting(raw, &ParseOptions::default(), true)
 }

@@ -28,7 +28,7 @@ use crate::record::{
     Address, Attachment, BodyPart, MessageRecord, ParsedMessage, Source, Warning, WarningKind,
     is_originator_header,
 };
-use crate::scan::{self, Collector, Origin};
+use crate::scan::{self, Collector, Origin, ScannedText};
 
 /// Headers whose values are signatures, not text worth scanning.
 const SIGNATURE_HEADERS: &[&str] = &[
@@ -41,16 +41,28 @@ const SIGNATURE_HEADERS: &[&str] = &[
 
 /// Parses a raw RFC 5322 message. Never panics; whatever goes wrong becomes a warning.
 pub(crate) fn parse(raw: &[u8], options: &ParseOptions) -> ParsedMessage {
+    parse_collecting(raw, options, false).0
+}
+
+/// Parses, and when `keep_texts` is set also returns every text the scanners read.
+pub(crate) fn parse_collecting(
+    raw: &[u8],
+    options: &ParseOptions,
+    keep_texts: bool,
+) -> (ParsedMessage, Vec<ScannedText>) {
+    let mut out = Collector::default();
+    out.texts = keep_texts.then(Vec::new);
     let mut walk = Walk {
         options,
-        out: Collector::default(),
+        out,
         warnings: Vec::new(),
         parts: 0,
         part_limit_hit: false,
     };
     let mut structure = String::new();
     let message = walk.message_bytes(raw, 0, 0, "", &mut structure);
-    walk.finish(raw.len(), message, structure)
+    let texts = walk.out.texts.take().unwrap_or_default();
+    (walk.finish(raw.len(), message, structure), texts)
 }
 
 struct Walk<'o> {

@@ -151,6 +151,17 @@ pub(crate) struct Collector {
     pub(crate) file_names: Vec<FileNameMention>,
     pub(crate) links: Vec<LinkMismatch>,
     pub(crate) stats: ScanStats,
+    /// When set, every scanned text is kept here too (for comparisons with other extractors).
+    pub(crate) texts: Option<Vec<ScannedText>>,
+}
+
+/// A text the scanners read, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScannedText {
+    /// Where the text came from (`defanged` and `derived_from` are unused).
+    pub location: Location,
+    /// The decoded text.
+    pub text: String,
 }
 
 impl Collector {
@@ -271,6 +282,12 @@ impl Collector {
 
 /// Scans a plain text (a `text/*` body, a subject, a header value, a text attachment).
 pub(crate) fn scan_text(text: &str, origin: &Origin, out: &mut Collector) {
+    if let Some(texts) = &mut out.texts {
+        texts.push(ScannedText {
+            location: origin.location(false, None),
+            text: text.to_string(),
+        });
+    }
     out.stats.texts += 1;
     out.stats.bytes += text.len() as u64;
     for chunk in chunks(text) {
