@@ -1,0 +1,227 @@
+//! ListFolders against the real Dovecot of the local stack, with a real stand-in token.
+
+use std::time::Duration;
+
+use threatmail_fetcher::config::{Config, ImapConfig};
+use threatmail_proto::v1::fetcher_client::FetcherClient;
+use threatmail_proto::v1::imap_connection::Auth;
+use threatmail_proto::v1::{Folder, ImapConnection, ListFoldersRequest};
+use threatmail_testkit::stack::LocalStack;
+use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture, sample_message};
+use tokio_util::sync::CancellationToken;
+
+struct Fetcher {
+    client: FetcherClient<tonic::transport::Channel>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start_fetcher(ca_file: Option<std::path::PathBuf>) -> anyhow::Result<Fetcher> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config = Config {
+        imap: ImapConfig {
+            ca_file,
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(10),
+        },
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(threatmail_fetcher::run(config, listener, shutdown.clone()));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    Ok(Fetcher {
+        client: FetcherClient::new(channel),
+        shutdown,
+    })
+}
+
+fn request(port: u16, user: &str, auth: Auth) -> ListFoldersRequest {
+    ListFoldersRequest {
+        connection: Some(ImapConnection {
+            host: "localhost".to_owned(),
+            port: u32::from(port),
+            tls: true,
+            username: user.to_owned(),
+            auth: Some(auth),
+        }),
+    }
+}
+
+fn names(folders: &[Folder], out: &mut Vec<(String, Vec<u8>, bool)>) {
+    for folder in folders {
+        out.push((
+            folder.display_name.clone(),
+            folder.raw_name.clone(),
+            folder.selectable,
+        ));
+        names(&folder.children, out);
+    }
+}
+
+fn reason(status: &tonic::Status) -> &str {
+    status
+        .metadata()
+        .get("threatmail-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn lists_the_folder_tree_with_decoded_and_raw_names() -> anyhow::Result<()> {
+    let mut fixture = TenantFixture::everything_right();
+    let exchange = &mut fixture.primary_tenant_mut().expect("tenant").exchange;
+    *exchange.mailbox_mut(PHISH_MAILBOX).expect("mailbox") = Mailbox::new(PHISH_MAILBOX)
+        .with_messages("INBOX", vec![sample_message(1)])
+        .with_messages("Phish Reports", vec![sample_message(2)])
+        .with_messages("Reports.2026", vec![sample_message(3)])
+        .with_messages("Входящие/Фишинг", vec![sample_message(4)])
+        .with_messages("R&D", vec![sample_message(5)]);
+    let stack = LocalStack::start(fixture).await?;
+    let token = stack.primary_token().await?.access_token;
+    let mut fetcher = start_fetcher(Some(stack.ca_cert_path())).await?;
+
+    let reply = fetcher
+        .client
+        .list_folders(request(
+            stack.dovecot.imaps_addr().port(),
+            PHISH_MAILBOX,
+            Auth::AccessToken(token),
+        ))
+        .await?
+        .into_inner();
+    let mut listed = Vec::new();
+    names(&reply.folders, &mut listed);
+    let display: Vec<&str> = listed.iter().map(|(d, _, _)| d.as_str()).collect();
+    for expected in [
+        "INBOX",
+        "Phish Reports",
+        "Reports.2026",
+        "Входящие",
+        "Входящие/Фишинг",
+        "R&D",
+    ] {
+        assert!(
+            display.contains(&expected),
+            "{expected} missing from {display:?}"
+        );
+    }
+    assert_eq!(reply.folders[0].display_name, "INBOX", "INBOX comes first");
+    let phishing = listed
+        .iter()
+        .find(|(d, _, _)| d == "Входящие/Фишинг")
+        .expect("nested folder");
+    assert_eq!(
+        phishing.1,
+        threatmail_core::mutf7::encode("Входящие/Фишинг").into_bytes(),
+        "the raw name is the server's modified UTF-7"
+    );
+    let rnd = listed.iter().find(|(d, _, _)| d == "R&D").expect("R&D");
+    assert_eq!(rnd.1, b"R&-D".to_vec());
+    assert!(
+        reply.capabilities.iter().any(|c| c.contains("IMAP4rev1")),
+        "{:?}",
+        reply.capabilities
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn failures_come_back_typed() -> anyhow::Result<()> {
+    let stack = LocalStack::start(TenantFixture::everything_right()).await?;
+    let token = stack.primary_token().await?.access_token;
+    let port = stack.dovecot.imaps_addr().port();
+    let mut fetcher = start_fetcher(Some(stack.ca_cert_path())).await?;
+
+    // A mailbox the app has no FullAccess on: Exchange's `NO AUTHENTICATE failed.`.
+    let refused = fetcher
+        .client
+        .list_folders(request(
+            port,
+            "ceo@corp.example",
+            Auth::AccessToken(token.clone()),
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert_eq!(reason(&refused), "imap.authenticate_failed");
+    assert!(
+        refused.message().contains("ceo@corp.example"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        !refused.message().contains(&token),
+        "the token never appears in an error"
+    );
+
+    // Nothing listens there.
+    let free = threatmail_testkit::net::free_port()?;
+    let unreachable = fetcher
+        .client
+        .list_folders(request(
+            free,
+            PHISH_MAILBOX,
+            Auth::AccessToken(token.clone()),
+        ))
+        .await
+        .expect_err("unreachable");
+    assert_eq!(unreachable.code(), tonic::Code::Unavailable);
+    assert_eq!(reason(&unreachable), "imap.unreachable");
+
+    // A fetcher that does not trust the test CA refuses the server: checks stay on.
+    let mut untrusting = start_fetcher(None).await?;
+    let untrusted = untrusting
+        .client
+        .list_folders(request(port, PHISH_MAILBOX, Auth::AccessToken(token)))
+        .await
+        .expect_err("untrusted certificate");
+    assert_eq!(reason(&untrusted), "imap.tls_failed", "{untrusted:?}");
+
+    // Bad requests are told what is missing.
+    let missing = fetcher
+        .client
+        .list_folders(ListFoldersRequest { connection: None })
+        .await
+        .expect_err("no connection");
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+    Ok(())
+}
+
+#[tokio::test]
+async fn password_sources_log_in_with_login() -> anyhow::Result<()> {
+    let stack = LocalStack::start(TenantFixture::everything_right()).await?;
+    stack
+        .dovecot
+        .set_password("analyst@other.example", "correct horse")?;
+    let port = stack.dovecot.imaps_addr().port();
+    let mut fetcher = start_fetcher(Some(stack.ca_cert_path())).await?;
+    let reply = fetcher
+        .client
+        .list_folders(request(
+            port,
+            "analyst@other.example",
+            Auth::Password("correct horse".into()),
+        ))
+        .await?
+        .into_inner();
+    assert!(reply.folders.iter().any(|f| f.display_name == "INBOX"));
+    let wrong = fetcher
+        .client
+        .list_folders(request(
+            port,
+            "analyst@other.example",
+            Auth::Password("wrong".into()),
+        ))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(reason(&wrong), "imap.authenticate_failed");
+    Ok(())
+}
