@@ -7,6 +7,7 @@
 pub mod config;
 pub mod grpc;
 pub mod imap;
+pub mod lease;
 
 pub use config::Config;
 
