@@ -1,4 +1,4 @@
 //! One module per top-level command.
 
-pub(crate) mod parse;
 pub(crate) mod corpus;
+pub(crate) mod parse;
