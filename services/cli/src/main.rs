@@ -20,6 +20,8 @@ enum Command {
     Parse(commands::parse::ParseArgs),
     /// Corpus tools: statistics over a folder of mail, scoring against answer keys.
     Corpus(commands::corpus::CorpusArgs),
+    /// Run services in this process: `--target all` runs every one (monolithic mode).
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Parse(args) => commands::parse::run(args),
         Command::Corpus(args) => commands::corpus::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match outcome {
         Ok(code) => code,

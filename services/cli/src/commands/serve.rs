@@ -1,0 +1,213 @@
+//! `threatmail serve --target all|registry|token-broker|fetcher|mailbox`: run services in
+//! this process (monolithic mode with `all`), from one configuration file.
+//!
+//! The file has one section per service (`[registry]`, `[token_broker]`, `[fetcher]`,
+//! `[mailbox]`), each exactly the service's own configuration, and a top-level
+//! `[telemetry]` that applies to the process; `THREATMAIL_<SECTION>__<KEY>` variables win.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::Deserialize;
+use threatmail_runtime::ServiceConfig;
+use threatmail_telemetry::TelemetryConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Arguments of `threatmail serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Which services to run; several may be given (`--target registry,mailbox`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    target: Vec<Target>,
+    /// The configuration file (default: THREATMAIL_CONFIG, else built-in defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub(crate) enum Target {
+    All,
+    Registry,
+    TokenBroker,
+    Fetcher,
+    Mailbox,
+}
+
+/// The configuration of `serve`: every service's section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ServeConfig {
+    pub(crate) telemetry: TelemetryConfig,
+    pub(crate) registry: threatmail_registry::Config,
+    pub(crate) token_broker: threatmail_token_broker::Config,
+    pub(crate) fetcher: threatmail_fetcher::Config,
+    pub(crate) mailbox: threatmail_mailbox::Config,
+}
+
+impl ServeConfig {
+    /// Loads the file then the environment, and runs each selected service's own checks;
+    /// every problem is reported at once.
+    pub(crate) fn load(
+        file: Option<PathBuf>,
+        env: &BTreeMap<String, String>,
+        targets: &[Target],
+    ) -> Result<Self, threatmail_core::config::ConfigError> {
+        let file = file.or_else(|| env.get("THREATMAIL_CONFIG").map(PathBuf::from));
+        let config: ServeConfig = threatmail_core::config::load(file.as_deref(), env)?;
+        let mut problems = Vec::new();
+        let mut check = |section: &str, found: Vec<String>| {
+            problems.extend(found.into_iter().map(|p| format!("{section}.{p}")));
+        };
+        if runs(targets, Target::Registry) {
+            check("registry", config.registry.validate());
+        }
+        if runs(targets, Target::TokenBroker) {
+            check("token_broker", config.token_broker.validate());
+        }
+        if runs(targets, Target::Fetcher) {
+            check("fetcher", config.fetcher.validate());
+        }
+        if runs(targets, Target::Mailbox) {
+            check("mailbox", config.mailbox.validate());
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(threatmail_core::config::ConfigError { problems })
+        }
+    }
+}
+
+fn runs(targets: &[Target], target: Target) -> bool {
+    targets.contains(&Target::All) || targets.contains(&target)
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = match ServeConfig::load(args.config.clone(), &env, &args.target) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(serve(config, args.target))
+}
+
+async fn serve(config: ServeConfig, targets: Vec<Target>) -> anyhow::Result<ExitCode> {
+    let _telemetry = threatmail_telemetry::init("threatmail", &config.telemetry)?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    // Bind every listener before starting anything, so a taken port fails the whole start.
+    let mut bound = Vec::new();
+    for (target, addr) in [
+        (Target::Registry, config.registry.listen),
+        (Target::TokenBroker, config.token_broker.listen),
+        (Target::Fetcher, config.fetcher.listen),
+        (Target::Mailbox, config.mailbox.listen),
+    ] {
+        if runs(&targets, target) {
+            let listener = TcpListener::bind(addr).await.map_err(|error| {
+                anyhow::anyhow!(
+                    "failed to listen on {addr} for {target:?}: {error} (set its `listen` to a free address)"
+                )
+            })?;
+            bound.push((target, listener));
+        }
+    }
+    for (target, listener) in bound {
+        let stop = shutdown.clone();
+        match target {
+            Target::Registry => {
+                tasks.spawn(named(
+                    "registry",
+                    threatmail_registry::run(config.registry.clone(), listener, stop),
+                ));
+            }
+            Target::TokenBroker => {
+                tasks.spawn(named(
+                    "token-broker",
+                    threatmail_token_broker::run(config.token_broker.clone(), listener, stop),
+                ));
+            }
+            Target::Fetcher => {
+                tasks.spawn(named(
+                    "fetcher",
+                    threatmail_fetcher::run(config.fetcher.clone(), listener, stop),
+                ));
+            }
+            Target::Mailbox => {
+                tasks.spawn(named(
+                    "mailbox",
+                    threatmail_mailbox::run(config.mailbox.clone(), listener, stop),
+                ));
+            }
+            Target::All => {}
+        }
+    }
+    tokio::spawn(threatmail_runtime::cancel_on_signal(shutdown.clone()));
+    let mut failed = false;
+    // The first service to stop (with an error, or because of a signal) stops the others.
+    while let Some(joined) = tasks.join_next().await {
+        shutdown.cancel();
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(error))) => {
+                failed = true;
+                eprintln!("error: {name}: {error:#}");
+            }
+            Err(error) => {
+                failed = true;
+                eprintln!("error: a service task failed: {error}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn named(
+    name: &'static str,
+    service: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> (&'static str, anyhow::Result<()>) {
+    (name, service.await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_and_env_reach_each_service() {
+        let env: BTreeMap<String, String> = [
+            ("THREATMAIL_FETCHER__LISTEN", "127.0.0.1:6001"),
+            ("THREATMAIL_MAILBOX__LISTEN", "127.0.0.1:6002"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let config =
+            ServeConfig::load(None, &env, &[Target::Fetcher, Target::Mailbox]).expect("loads");
+        assert_eq!(config.fetcher.listen.port(), 6001);
+        assert_eq!(config.mailbox.listen.port(), 6002);
+    }
+
+    #[test]
+    fn unknown_sections_and_bad_values_are_all_reported() {
+        let env: BTreeMap<String, String> = [
+            ("THREATMAIL_FETCHER__LISTEN", "nowhere"),
+            ("THREATMAIL_SCHEDULER__X", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let error = ServeConfig::load(None, &env, &[Target::All]).expect_err("bad");
+        assert_eq!(error.problems.len(), 2, "{error}");
+    }
+}
