@@ -1,0 +1,1 @@
+//! Storing mail exactly once (placeholder while the crate is written).
