@@ -109,6 +109,18 @@ impl LocalStack {
         client_id: &str,
         client_secret: &str,
     ) -> anyhow::Result<TokenResponse> {
+        self.request_token_for_scope(tenant, client_id, client_secret, EXCHANGE_SCOPE)
+            .await
+    }
+
+    /// [`Self::request_token`] with another scope (a Graph scope, a wrong one).
+    pub async fn request_token_for_scope(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        client_secret: &str,
+        scope: &str,
+    ) -> anyhow::Result<TokenResponse> {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls((*self.tls()?).clone())
             .timeout(std::time::Duration::from_secs(15))
@@ -118,7 +130,7 @@ impl LocalStack {
             .form(&[
                 ("client_id", client_id),
                 ("client_secret", client_secret),
-                ("scope", EXCHANGE_SCOPE),
+                ("scope", scope),
                 ("grant_type", "client_credentials"),
             ])
             .send()
@@ -134,6 +146,11 @@ impl LocalStack {
 
     /// A token for the fixture's first app with its first secret.
     pub async fn primary_token(&self) -> anyhow::Result<TokenResponse> {
+        self.primary_token_for_scope(EXCHANGE_SCOPE).await
+    }
+
+    /// [`Self::primary_token`] with another scope.
+    pub async fn primary_token_for_scope(&self, scope: &str) -> anyhow::Result<TokenResponse> {
         let (tenant, client_id, secret) = self.tenant.read(|fixture| {
             let tenant = fixture.primary_tenant().context("fixture has no tenant")?;
             let app = tenant.apps.first().context("fixture has no app")?;
@@ -144,7 +161,8 @@ impl LocalStack {
                 secret.value.expose().to_owned(),
             ))
         })?;
-        self.request_token(&tenant, &client_id, &secret).await
+        self.request_token_for_scope(&tenant, &client_id, &secret, scope)
+            .await
     }
 
     async fn seed(&self) -> anyhow::Result<()> {

@@ -4,143 +4,73 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
-use async_imap::Authenticator;
-use rustls_pki_types::ServerName;
-use serde_json::Value;
-use threatmail_testkit::ca::TestCa;
-use threatmail_testkit::dovecot::{Dovecot, DovecotOptions};
-use threatmail_testkit::entra::EntraStandIn;
+use threatmail_testkit::imap::{LoginOutcome, login_xoauth2};
 use threatmail_testkit::jwt::SigningKey;
-use threatmail_testkit::tenant::{INTEL_MAILBOX, PHISH_MAILBOX, TenantFixture, TenantHandle};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use threatmail_testkit::stack::{EXCHANGE_SCOPE, LocalStack};
+use threatmail_testkit::tenant::{INTEL_MAILBOX, PHISH_MAILBOX, TenantFixture};
 
-type Tls = TlsStream<TcpStream>;
-
-const EXCHANGE_SCOPE: &str = "https://outlook.office365.com/.default";
 /// Bound for every network step.
 const STEP: Duration = Duration::from_secs(60);
 
-/// `user=<mailbox>^Aauth=Bearer <token>^A^A`, then an empty answer to the error challenge.
-struct XOAuth2 {
-    user: String,
-    token: String,
-    calls: usize,
-}
-
-impl Authenticator for XOAuth2 {
-    type Response = Vec<u8>;
-
-    fn process(&mut self, _challenge: &[u8]) -> Self::Response {
-        self.calls += 1;
-        if self.calls == 1 {
-            format!("user={}\x01auth=Bearer {}\x01\x01", self.user, self.token).into_bytes()
-        } else {
-            Vec::new()
-        }
-    }
-}
-
+/// The local stack, with the checks these tests make.
 struct Stack {
-    ca: TestCa,
-    tenant: TenantHandle,
-    entra: EntraStandIn,
-    dovecot: Dovecot,
-    http: reqwest::Client,
+    stack: LocalStack,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = LocalStack;
+
+    fn deref(&self) -> &LocalStack {
+        &self.stack
+    }
 }
 
 impl Stack {
     async fn start() -> anyhow::Result<Stack> {
-        let ca = TestCa::new()?;
-        let tenant = TenantHandle::new(TenantFixture::everything_right());
-        let entra = EntraStandIn::start(&ca, tenant.clone()).await?;
-        let dovecot = Dovecot::start(DovecotOptions::new(&ca)?.oauth(entra.oauth_settings()))?;
-        // Seed every mailbox of the fixture with its folders.
-        for mailbox in tenant.read(|f| f.primary_tenant().unwrap().exchange.mailboxes.clone()) {
-            for (folder, messages) in &mailbox.folders {
-                dovecot.append(&mailbox.address, folder, messages).await?;
-            }
-        }
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*ca.client_config()?).clone())
-            .timeout(STEP)
-            .build()?;
         Ok(Stack {
-            ca,
-            tenant,
-            entra,
-            dovecot,
-            http,
+            stack: LocalStack::start(TenantFixture::everything_right()).await?,
         })
     }
 
     /// Gets a token the way the broker does: POST to the stand-in's token endpoint.
     async fn token(&self, scope: &str) -> anyhow::Result<String> {
-        let (tenant_id, client_id, secret) = self.tenant.read(|f| {
-            let app = f.primary_app().unwrap();
-            (
-                f.primary_tenant().unwrap().id.clone(),
-                app.client_id.clone(),
-                app.secrets[0].value.expose().to_owned(),
-            )
-        });
-        let resp = self
-            .http
-            .post(self.entra.token_url(&tenant_id))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", &client_id),
-                ("client_secret", &secret),
-                ("scope", scope),
-            ])
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: Value = resp.json().await?;
-        if status != 200 {
-            bail!("token request refused: {status} {body}");
-        }
-        Ok(body["access_token"]
-            .as_str()
-            .context("no access_token")?
-            .to_owned())
+        Ok(self
+            .stack
+            .primary_token_for_scope(scope)
+            .await?
+            .access_token)
     }
 
     /// Re-derives Dovecot's grants from the fixture after a change.
     fn apply_fixture(&self) -> anyhow::Result<()> {
-        self.dovecot.set_oauth(&self.entra.oauth_settings())
+        self.stack.apply_tenant()
     }
 
     /// XOAUTH2 over TLS as `mailbox`; on success EXAMINE INBOX and return its message
     /// count, on refusal the server's text.
     async fn login(&self, mailbox: &str, token: &str) -> anyhow::Result<Result<u32, String>> {
-        tokio::time::timeout(STEP, self.login_inner(mailbox, token))
-            .await
-            .context("XOAUTH2 login timed out")?
-    }
-
-    async fn login_inner(&self, mailbox: &str, token: &str) -> anyhow::Result<Result<u32, String>> {
-        let stream = tls_stream(self.dovecot.imaps_addr(), self.ca.client_config()?).await?;
-        let mut client = async_imap::Client::new(stream);
-        client.read_response().await?.context("no greeting")?;
-        let auth = XOAuth2 {
-            user: mailbox.to_owned(),
-            token: token.to_owned(),
-            calls: 0,
-        };
-        match client.authenticate("XOAUTH2", auth).await {
-            Ok(mut session) => {
-                let inbox = session.examine("INBOX").await?;
-                session.logout().await?;
-                Ok(Ok(inbox.exists))
+        tokio::time::timeout(STEP, async {
+            let outcome = login_xoauth2(
+                self.stack.dovecot.imaps_addr(),
+                self.stack.tls()?,
+                mailbox,
+                token,
+            )
+            .await?;
+            match outcome {
+                LoginOutcome::LoggedIn(mut session) => {
+                    let inbox = session.examine("INBOX").await?;
+                    session.logout().await?;
+                    Ok(Ok(inbox.exists))
+                }
+                LoginOutcome::Refused(text) => Ok(Err(text)),
             }
-            Err((error, _)) => Ok(Err(error.to_string())),
-        }
+        })
+        .await
+        .context("XOAUTH2 login timed out")?
     }
 
     async fn assert_ok(&self, case: &str, mailbox: &str, token: &str) -> anyhow::Result<u32> {
@@ -148,7 +78,7 @@ impl Stack {
             Ok(exists) => Ok(exists),
             Err(refusal) => bail!(
                 "{case}: XOAUTH2 as {mailbox} refused: {refusal}\n{}",
-                self.dovecot.logged_refusals().await
+                self.stack.dovecot.logged_refusals().await
             ),
         }
     }
@@ -165,13 +95,6 @@ impl Stack {
             }
         }
     }
-}
-
-async fn tls_stream(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> anyhow::Result<Tls> {
-    let tcp = TcpStream::connect(addr).await?;
-    Ok(tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +123,7 @@ async fn a_stand_in_token_opens_exactly_the_granted_mailboxes() -> anyhow::Resul
         .await?;
 
     // Minted directly: already expired, and signed with a key Dovecot does not know.
-    let (tenant_id, client_id) = stack.tenant.read(|f| {
+    let (tenant_id, client_id) = stack.tenant().read(|f| {
         (
             f.primary_tenant().unwrap().id.clone(),
             f.primary_app().unwrap().client_id.clone(),
@@ -234,30 +157,33 @@ async fn each_broken_setup_step_is_refused_like_exchange() -> anyhow::Result<()>
 
     // Step 2: no admin consent. Entra still issues a token, without roles; IMAP refuses it.
     stack
-        .tenant
+        .tenant()
         .update(|f| f.primary_app_mut().unwrap().admin_consent = false);
     let no_roles = stack.token(EXCHANGE_SCOPE).await?;
     stack
         .assert_refused("no consent", PHISH_MAILBOX, &no_roles)
         .await?;
     stack
-        .tenant
+        .tenant()
         .update(|f| f.primary_app_mut().unwrap().admin_consent = true);
     let token = stack.token(EXCHANGE_SCOPE).await?;
     stack
         .assert_ok("consent back", PHISH_MAILBOX, &token)
         .await?;
 
-    let app = stack.tenant.read(|f| f.primary_app().unwrap().clone());
-    let right = stack.tenant.snapshot();
+    let app = stack
+        .stack
+        .tenant()
+        .read(|f| f.primary_app().unwrap().clone());
+    let right = stack.tenant().snapshot();
     let restore = || -> anyhow::Result<()> {
         let right = right.clone();
-        stack.tenant.update(|f| *f = right);
+        stack.tenant().update(|f| *f = right);
         stack.apply_fixture()
     };
 
     // Step 5 with the app registration's object id (the common mistake).
-    stack.tenant.update(|f| {
+    stack.tenant().update(|f| {
         let exchange = &mut f.primary_tenant_mut().unwrap().exchange;
         exchange.service_principals.clear();
         exchange.new_service_principal(&app.client_id, &app.object_id);
@@ -273,7 +199,7 @@ async fn each_broken_setup_step_is_refused_like_exchange() -> anyhow::Result<()>
     stack.assert_ok("restored", PHISH_MAILBOX, &token).await?;
 
     // Step 5 skipped: no service principal in Exchange.
-    stack.tenant.update(|f| {
+    stack.tenant().update(|f| {
         f.primary_tenant_mut()
             .unwrap()
             .exchange
@@ -285,7 +211,7 @@ async fn each_broken_setup_step_is_refused_like_exchange() -> anyhow::Result<()>
     restore()?;
 
     // Step 5: no FullAccess on one mailbox.
-    stack.tenant.update(|f| {
+    stack.tenant().update(|f| {
         f.primary_tenant_mut()
             .unwrap()
             .exchange
@@ -301,7 +227,7 @@ async fn each_broken_setup_step_is_refused_like_exchange() -> anyhow::Result<()>
     restore()?;
 
     // Step 6: IMAP disabled for the mailbox.
-    stack.tenant.update(|f| {
+    stack.tenant().update(|f| {
         f.primary_tenant_mut()
             .unwrap()
             .exchange
