@@ -44,10 +44,6 @@ use crate::clock::{Clock, UnixMs, ms};
 use policy::{CachePolicy, FailureRecord, FetchFailure, random_unit};
 use store::{Completion, SharedStore, StoreError};
 
-/// A force refresh accepts a token obtained at most this long before it was asked for, so
-/// callers forcing at the same moment share one Entra request.
-const FORCE_REFRESH_GRACE: Duration = Duration::from_secs(1);
-
 /// An access token. Never printed: `Debug` shows its length only.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessToken(Arc<str>);
@@ -370,7 +366,9 @@ impl<S: SharedStore, E: FetchFailure> TokenCache<S, E> {
         }
         let accept = Accept::Caller {
             need,
-            obtained_since: want.force_refresh.then(|| now - ms(FORCE_REFRESH_GRACE)),
+            obtained_since: want
+                .force_refresh
+                .then(|| now - ms(inner.policy.force_refresh_grace)),
         };
         let task = Arc::clone(inner).slow_path(key.clone(), slot, accept, now, fetch);
         let stop = inner.stop.clone();

@@ -32,6 +32,9 @@ pub struct CachePolicy {
     /// How long a replica trusts its in-memory copy before checking the shared one again
     /// (bounds how long an invalidation or another replica's refresh goes unseen).
     pub memory_ttl: Duration,
+    /// A forced refresh accepts a token obtained at most this long before it was asked
+    /// for, so callers forcing at the same moment share one Entra request.
+    pub force_refresh_grace: Duration,
     /// Back-off after transient failures (5xx, timeouts, refused connections).
     pub transient_backoff: Backoff,
     /// Back-off after permanent-looking failures (wrong secret, unknown tenant or app).
@@ -46,6 +49,7 @@ impl Default for CachePolicy {
             lock_ttl: Duration::from_secs(15),
             lock_poll: Duration::from_millis(100),
             memory_ttl: Duration::from_secs(5),
+            force_refresh_grace: Duration::from_secs(1),
             transient_backoff: Backoff {
                 min: Duration::from_secs(1),
                 max: Duration::from_secs(60),
