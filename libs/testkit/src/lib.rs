@@ -10,12 +10,15 @@
 //! - [`tenant`]: the administrator's Microsoft-side setup as data, applied to both.
 //! - [`stack`]: all of the above in one handle, the fixture applied and its mailboxes seeded.
 //! - [`imap`]: a small TLS + XOAUTH2 client for the kit's own checks and the demo.
+//! - [`exchange_proxy`]: a TLS proxy in front of Dovecot that speaks like Exchange Online
+//!   and injects its failures (throttling, token expiry, "not connected", drops).
 //!
 //! Every server is stopped when its handle is dropped.
 
 pub mod ca;
 pub mod dovecot;
 pub mod entra;
+pub mod exchange_proxy;
 pub mod grpc;
 pub mod imap;
 pub mod jwt;

@@ -101,6 +101,17 @@ impl LocalStack {
         self.ca.client_config()
     }
 
+    /// Starts an Exchange fault proxy in front of this stack's Dovecot (TLS with a
+    /// certificate of the stack's CA); point clients at its `addr()` instead of
+    /// `dovecot.imaps_addr()`. It stops when dropped.
+    pub async fn exchange_proxy(
+        &self,
+        script: crate::exchange_proxy::Script,
+    ) -> anyhow::Result<crate::exchange_proxy::ExchangeProxy> {
+        crate::exchange_proxy::ExchangeProxy::start(&self.ca, self.dovecot.imap_addr(), script)
+            .await
+    }
+
     /// Asks the stand-in for a token over HTTPS, exactly as a client would; an error
     /// answer comes back as an error naming its status and body.
     pub async fn request_token(
