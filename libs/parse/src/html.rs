@@ -113,11 +113,20 @@ pub(crate) fn content(html: &str) -> HtmlContent {
             pos = lt + 1;
             continue;
         }
-        let name = html[name_start..name_start + name_len].to_ascii_lowercase();
-        let (attrs, tag_end) = attributes(html, name_start + name_len);
+        // Tag names that matter are short: compare a lower-cased copy on the stack.
+        let mut name_buf = [0u8; 16];
+        let name: &str = if name_len <= name_buf.len() {
+            let lower = &mut name_buf[..name_len];
+            lower.copy_from_slice(&html.as_bytes()[name_start..name_start + name_len]);
+            lower.make_ascii_lowercase();
+            std::str::from_utf8(lower).unwrap_or_default()
+        } else {
+            ""
+        };
+        let (attrs, tag_end) = attributes(html, name_start + name_len, !in_head && !closing);
         pos = tag_end;
         if closing {
-            match name.as_str() {
+            match name {
                 "head" => in_head = false,
                 "pre" => {
                     in_pre = in_pre.saturating_sub(1);
@@ -134,25 +143,19 @@ pub(crate) fn content(html: &str) -> HtmlContent {
             }
             continue;
         }
-        match name.as_str() {
+        match name {
             "head" => in_head = true,
             "body" => in_head = false,
             "pre" => in_pre += 1,
             _ => {}
         }
-        if BLOCKS.contains(&name.as_str()) || name == "pre" {
+        if BLOCKS.contains(&name) || name == "pre" {
             newline(&mut out.text);
         } else if name == "td" || name == "th" {
             cell(&mut out.text);
         }
         if !in_head {
             for (attr, value) in attrs {
-                let attr = match attr.as_str() {
-                    "href" => "href",
-                    "src" => "src",
-                    "action" => "action",
-                    _ => continue,
-                };
                 if attr == "href" && name == "a" {
                     if let Some((href, start)) = anchor.take() {
                         push_link(&mut out, href, start);
@@ -162,8 +165,8 @@ pub(crate) fn content(html: &str) -> HtmlContent {
                 out.attributes.push(Attribute { name: attr, value });
             }
         }
-        if RAW_TEXT.contains(&name.as_str()) {
-            pos = skip_raw_text(html, pos, &name);
+        if RAW_TEXT.contains(&name) {
+            pos = skip_raw_text(html, pos, name);
         }
     }
     if let Some((href, start)) = anchor.take() {
@@ -179,15 +182,34 @@ fn push_text(raw: &str, preformatted: bool, out: &mut String) {
         decode_into(raw, out);
         return;
     }
-    let mut decoded = String::with_capacity(raw.len());
-    decode_into(raw, &mut decoded);
-    for c in decoded.chars() {
-        if c.is_ascii_whitespace() {
-            if !(out.is_empty() || out.ends_with([' ', '\n', '\t'])) {
-                out.push(' ');
-            }
-        } else {
-            out.push(c);
+    if raw.is_empty() {
+        return;
+    }
+    let decoded: std::borrow::Cow<'_, str> = if raw.contains('&') || !raw.is_ascii() {
+        let mut decoded = String::with_capacity(raw.len());
+        decode_into(raw, &mut decoded);
+        std::borrow::Cow::Owned(decoded)
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    };
+    let space = |out: &mut String| {
+        if !(out.is_empty() || out.ends_with([' ', '\n', '\t'])) {
+            out.push(' ');
+        }
+    };
+    let is_space = |c: char| c.is_ascii_whitespace();
+    if decoded.starts_with(is_space) {
+        space(out);
+    }
+    let mut words = decoded.split_ascii_whitespace();
+    if let Some(first) = words.next() {
+        out.push_str(first);
+        for word in words {
+            out.push(' ');
+            out.push_str(word);
+        }
+        if decoded.ends_with(is_space) {
+            space(out);
         }
     }
 }
@@ -218,9 +240,12 @@ fn push_link(out: &mut HtmlContent, href: String, start: usize) {
     out.links.push(Link { href, text });
 }
 
-/// Parses the attributes of a tag whose name ends at `from`; returns them (names lower case,
-/// values decoded) and the offset just past the closing `>`.
-fn attributes(html: &str, from: usize) -> (Vec<(String, String)>, usize) {
+/// The attributes whose values are in scope.
+const WANTED: &[&str] = &["href", "src", "action"];
+
+/// Parses the attributes of a tag whose name ends at `from`; returns the in-scope ones (when
+/// `want` is set), values decoded, and the offset just past the closing `>`.
+fn attributes(html: &str, from: usize, want: bool) -> (Vec<(&'static str, String)>, usize) {
     let bytes = html.as_bytes();
     let mut attrs = Vec::new();
     let mut i = from;
@@ -246,7 +271,15 @@ fn attributes(html: &str, from: usize) -> (Vec<(String, String)>, usize) {
             i += 1;
             continue;
         }
-        let name = html[name_start..i].to_ascii_lowercase();
+        let name = &bytes[name_start..i];
+        let wanted = if want {
+            WANTED
+                .iter()
+                .find(|w| w.as_bytes().eq_ignore_ascii_case(name))
+                .copied()
+        } else {
+            None
+        };
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {
             i += 1;
         }
@@ -270,12 +303,14 @@ fn attributes(html: &str, from: usize) -> (Vec<(String, String)>, usize) {
                     (i, e, e)
                 }
             };
-            let mut value = String::new();
-            decode_into(&html[value_start..value_end], &mut value);
-            attrs.push((name, value.trim().to_string()));
+            if let Some(wanted) = wanted {
+                let mut value = String::new();
+                decode_into(&html[value_start..value_end], &mut value);
+                attrs.push((wanted, value.trim().to_string()));
+            }
             i = next;
-        } else {
-            attrs.push((name, String::new()));
+        } else if let Some(wanted) = wanted {
+            attrs.push((wanted, String::new()));
         }
     }
 }
@@ -319,7 +354,8 @@ pub(crate) fn decode_into(text: &str, out: &mut String) {
 }
 
 fn push_visible(text: &str, out: &mut String) {
-    if text.chars().any(is_invisible) || text.contains('\u{a0}') {
+    // Every character dropped or replaced here is outside ASCII.
+    if !text.is_ascii() && (text.chars().any(is_invisible) || text.contains('\u{a0}')) {
         text.chars().for_each(|c| push_visible_char(c, out));
     } else {
         out.push_str(text);

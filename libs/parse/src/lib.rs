@@ -43,6 +43,9 @@ pub struct ParseOptions {
     pub max_message_depth: u32,
     /// Most parts walked in one message; the rest are scanned as raw text.
     pub max_parts: usize,
+    /// Most distinct indicators kept for one message (memory bound); more are counted in a
+    /// warning.
+    pub max_indicators: usize,
 }
 
 impl Default for ParseOptions {
@@ -51,6 +54,7 @@ impl Default for ParseOptions {
             max_depth: 32,
             max_message_depth: 8,
             max_parts: 10_000,
+            max_indicators: 100_000,
         }
     }
 }

@@ -30,14 +30,28 @@ use crate::record::{
 };
 use crate::scan::{self, Collector, Origin, ScannedText};
 
-/// Headers whose values are signatures, not text worth scanning.
-const SIGNATURE_HEADERS: &[&str] = &[
+/// Headers whose values are signatures or opaque blobs, not text worth scanning.
+const OPAQUE_HEADERS: &[&str] = &[
     "dkim-signature",
     "arc-seal",
     "arc-message-signature",
     "x-google-dkim-signature",
     "domainkey-signature",
+    "x-microsoft-antispam-message-info",
+    "x-gm-message-state",
+    "x-google-smtp-source",
+    "x-incomingtopheadermarker",
+    "x-ms-incomingtopheadermarker",
 ];
+
+/// Whether a header holds a signature or an opaque blob (skipped by the scanners).
+fn is_opaque_header(name: &str) -> bool {
+    OPAQUE_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) || {
+        let prefix = "x-ms-exchange-antispam-messagedata";
+        name.len() >= prefix.len()
+            && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    }
+}
 
 /// Parses a raw RFC 5322 message. Never panics; whatever goes wrong becomes a warning.
 pub(crate) fn parse(raw: &[u8], options: &ParseOptions) -> ParsedMessage {
@@ -52,6 +66,7 @@ pub(crate) fn parse_collecting(
 ) -> (ParsedMessage, Vec<ScannedText>) {
     let mut out = Collector::default();
     out.texts = keep_texts.then(Vec::new);
+    out.max_indicators = options.max_indicators;
     let mut walk = Walk {
         options,
         out,
@@ -188,6 +203,7 @@ impl Walk<'_> {
     fn scan_headers(&mut self, message: &Message<'_>, depth: u32, path: &str) {
         let raw = message.raw_message();
         let mut subject_done = false;
+        let mut texts: Vec<(Origin, Cow<'_, str>)> = Vec::new();
         for header in message.headers() {
             let name = header.name();
             let origin = Origin {
@@ -203,24 +219,24 @@ impl Walk<'_> {
                         source: Source::Subject,
                         ..origin
                     };
-                    scan::scan_text(subject, &origin, &mut self.out);
+                    texts.push((origin, Cow::Borrowed(subject)));
                 }
                 subject_done = true;
             } else if is_originator_header(name) {
                 for address in header_addresses(header.value()) {
                     self.out.add_email_address(&address, &origin);
                 }
-            } else if !SIGNATURE_HEADERS
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(name))
-            {
+            } else if !is_opaque_header(name) {
                 let start = header.offset_start() as usize;
                 let end = (header.offset_end() as usize).min(raw.len());
                 if let Some(value) = raw.get(start..end) {
-                    scan::scan_text(&String::from_utf8_lossy(value), &origin, &mut self.out);
+                    texts.push((origin, String::from_utf8_lossy(value)));
                 }
             }
         }
+        let texts: Vec<(Origin, &str)> =
+            texts.iter().map(|(o, t)| (o.clone(), t.as_ref())).collect();
+        scan::scan_texts(&texts, &mut self.out);
     }
 
     /// Walks part `id` of `message`, at tree level `level` (counting every multipart and
@@ -394,12 +410,12 @@ impl Walk<'_> {
         id: usize,
         path: &str,
         level: u32,
-        mut info: PartInfo,
+        info: PartInfo,
         ctx: &mut MessageCtx<'_>,
         structure: &mut String,
     ) {
         let is_html = matches!(message.parts[id].body, PartType::Html(_));
-        let text = self.decoded_text(message, id, path, &mut info);
+        let recoded = self.recoded_text(message, id, path, &info);
         if info.is_eml() {
             // An attached message declared as text: parse its (transfer-decoded) bytes.
             let bytes = decoded_bytes(message, id).into_owned();
@@ -423,53 +439,68 @@ impl Walk<'_> {
             part: path.to_string(),
             source,
         };
-        let content = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        if is_html {
-            scan::scan_html(content, &origin, &mut self.out);
-        } else {
-            scan::scan_text(content, &origin, &mut self.out);
-        }
-        if is_body {
-            let body = BodyPart {
-                part: path.to_string(),
-                content_type: info.content_type.clone(),
-                charset: info.charset.clone(),
-                text: text.into_owned(),
+        {
+            let text: &str = match &recoded {
+                Some(text) => text,
+                None => match &message.parts[id].body {
+                    PartType::Text(t) | PartType::Html(t) => t,
+                    _ => "",
+                },
             };
+            let content = text.strip_prefix('\u{feff}').unwrap_or(text);
             if is_html {
-                ctx.record.html_bodies.push(body);
+                scan::scan_html(content, &origin, &mut self.out);
             } else {
-                ctx.record.text_bodies.push(body);
+                scan::scan_text(content, &origin, &mut self.out);
             }
+            if !is_body {
+                // Hash the transfer-decoded bytes. mail-parser's text is those bytes exactly
+                // when it was decoded as UTF-8 (or an ASCII-compatible charset, for ASCII text)
+                // without replacement.
+                let identity = recoded.is_none()
+                    && ((info.charset_is_utf8() && !text.contains('\u{fffd}'))
+                        || (info.charset_is_ascii_compatible() && text.is_ascii()));
+                let attachment = if identity {
+                    self.attachment(&info, path, ctx.depth, text.as_bytes())
+                } else {
+                    let bytes = decoded_bytes(message, id);
+                    self.attachment(&info, path, ctx.depth, &bytes)
+                };
+                ctx.record.attachments.push(attachment);
+                return;
+            }
+        }
+        // The body moves into the record: mail-parser's decoded text is not copied.
+        let text = match recoded {
+            Some(text) => text,
+            None => match std::mem::take(&mut message.parts[id].body) {
+                PartType::Text(t) | PartType::Html(t) => t.into_owned(),
+                _ => String::new(),
+            },
+        };
+        let body = BodyPart {
+            part: path.to_string(),
+            content_type: info.content_type.clone(),
+            charset: info.charset.clone(),
+            text,
+        };
+        if is_html {
+            ctx.record.html_bodies.push(body);
         } else {
-            // Hash the transfer-decoded bytes. mail-parser's text is those bytes exactly when it
-            // is ASCII, or UTF-8 decoded without replacement.
-            let identity = text.is_ascii()
-                || (info.charset_is_utf8() && !text.contains('\u{fffd}') && !info.recoded);
-            let attachment = if identity {
-                self.attachment(&info, path, ctx.depth, text.as_bytes())
-            } else {
-                let bytes = decoded_bytes(message, id);
-                self.attachment(&info, path, ctx.depth, &bytes)
-            };
-            ctx.record.attachments.push(attachment);
+            ctx.record.text_bodies.push(body);
         }
     }
 
-    /// The text of a text part, re-decoded when mail-parser did not know its charset, or when
-    /// its quoted-printable body ends in a soft line break (mail-parser 0.11 then drops the
-    /// last characters before the boundary).
-    fn decoded_text<'m>(
+    /// The text of a text part when it has to be re-decoded: mail-parser did not know its
+    /// charset, or its quoted-printable body ends in a soft line break (mail-parser 0.11 then
+    /// drops the last characters before the boundary). `None`: mail-parser's text is right.
+    fn recoded_text(
         &mut self,
-        message: &'m Message<'_>,
+        message: &Message<'_>,
         id: usize,
         path: &str,
-        info: &mut PartInfo,
-    ) -> Cow<'m, str> {
-        let text: &str = match &message.parts[id].body {
-            PartType::Text(t) | PartType::Html(t) => t,
-            _ => "",
-        };
+        info: &PartInfo,
+    ) -> Option<String> {
         let resolution = info
             .charset
             .as_deref()
@@ -477,9 +508,8 @@ impl Walk<'_> {
         let soft_break_at_end = message.parts[id].encoding == Encoding::QuotedPrintable
             && ends_with_soft_break(message, id);
         if resolution == Resolution::MailParser && !soft_break_at_end {
-            return Cow::Borrowed(text);
+            return None;
         }
-        info.recoded = true;
         let bytes = decoded_bytes(message, id);
         let (decoded, unknown) = charset::decode_label(&bytes, info.charset.as_deref());
         if unknown {
@@ -492,7 +522,7 @@ impl Walk<'_> {
                 ),
             );
         }
-        Cow::Owned(decoded.into_owned())
+        Some(decoded.into_owned())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -599,6 +629,17 @@ impl Walk<'_> {
         let Walk {
             out, mut warnings, ..
         } = self;
+        if out.dropped > 0 {
+            warnings.push(Warning {
+                kind: WarningKind::IndicatorLimitExceeded,
+                part: None,
+                detail: format!(
+                    "indicator limit exceeded: {} more distinct indicators beyond {} were not kept",
+                    out.dropped,
+                    out.indicators.len()
+                ),
+            });
+        }
         let tlp = out
             .tlp
             .iter()
@@ -660,8 +701,6 @@ struct PartInfo {
     disposition: Option<String>,
     is_attachment_disposition: bool,
     transfer_encoding: Option<String>,
-    /// Whether the text was re-decoded (mail-parser's text is not the raw bytes).
-    recoded: bool,
 }
 
 impl PartInfo {
@@ -688,9 +727,6 @@ impl PartInfo {
             .attachment_name()
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty());
-        let recoded = charset
-            .as_deref()
-            .is_some_and(|l| charset::resolve(l) != Resolution::MailParser);
         PartInfo {
             content_type,
             charset,
@@ -700,7 +736,6 @@ impl PartInfo {
             transfer_encoding: part
                 .content_transfer_encoding()
                 .map(|e| e.trim().to_ascii_lowercase()),
-            recoded,
         }
     }
 
@@ -729,6 +764,13 @@ impl PartInfo {
         match self.charset.as_deref() {
             None => true,
             Some(label) => charset::whatwg(label) == Some(encoding_rs::UTF_8),
+        }
+    }
+
+    fn charset_is_ascii_compatible(&self) -> bool {
+        match self.charset.as_deref() {
+            None => true,
+            Some(label) => charset::whatwg(label).is_some_and(|e| e.is_ascii_compatible()),
         }
     }
 }

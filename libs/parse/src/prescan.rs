@@ -19,8 +19,10 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use mail_parser::parsers::MessageStream;
+use regex::bytes::Regex;
 
 /// How many levels of encoded attached messages mail-parser parses (its `MAX_NESTED_ENCODED`).
 const ENCODED_LEVELS: usize = 3;
@@ -139,6 +141,12 @@ impl Multiparts {
     }
 }
 
+/// A line starting with `--` (a literal search, so bodies are skipped at memory speed).
+static LINE_DASHES: LazyLock<Regex> = LazyLock::new(|| {
+    #[allow(clippy::unwrap_used)] // a constant pattern, checked by every test
+    Regex::new(r"(?m)^--").unwrap()
+});
+
 /// Most bytes of a `Content-Type` value kept (boundaries of 28 KB occur in real mail).
 const MAX_CONTENT_TYPE: usize = 64 << 10;
 
@@ -163,6 +171,13 @@ fn scan(data: &[u8]) -> Scan {
     // Start of an encoded body being skipped, if any.
     let mut encoded_start: Option<(usize, Cte)> = None;
     while pos < data.len() {
+        if !in_header {
+            // In a body only lines starting with `--` matter: jump to the next one.
+            match LINE_DASHES.find_at(data, pos) {
+                Some(m) => pos = m.start(),
+                None => break,
+            }
+        }
         let end = data[pos..]
             .iter()
             .position(|&b| b == b'\n')

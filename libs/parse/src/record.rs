@@ -366,6 +366,8 @@ pub enum WarningKind {
     EncodingProblem,
     /// An attached message that could not be parsed; scanned as raw text.
     NestedMessageUnparsable,
+    /// More distinct indicators than the limit; the rest were counted, not kept.
+    IndicatorLimitExceeded,
 }
 
 impl fmt::Display for WarningKind {
@@ -378,6 +380,7 @@ impl fmt::Display for WarningKind {
             WarningKind::UnknownCharset => "unknown charset",
             WarningKind::EncodingProblem => "broken encoding or structure",
             WarningKind::NestedMessageUnparsable => "attached message could not be parsed",
+            WarningKind::IndicatorLimitExceeded => "indicator limit exceeded",
         })
     }
 }

@@ -42,6 +42,10 @@ pub(crate) const CHUNK: usize = 64 * 1024;
 const TOKEN_WINDOW: usize = 64;
 /// How far before `<url>` a plain-text link label is read.
 const NAME_WINDOW: usize = 200;
+/// End of an index chain.
+const NO_INDICATOR: u32 = u32::MAX;
+/// Default for the most distinct indicators kept per message.
+pub(crate) const MAX_INDICATORS: usize = 100_000;
 /// Most locations kept per indicator.
 const MAX_LOCATIONS: usize = 16;
 /// Most file-name mentions, TLP markings or link mismatches kept per message.
@@ -143,9 +147,16 @@ impl Origin {
 }
 
 /// Everything found in one message, accumulated over its texts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Collector {
-    index: HashMap<(IndicatorKind, String), usize>,
+    /// Hash of (kind, value) to the first indicator with that hash; `chain` links the rest, so
+    /// values are stored once.
+    index: HashMap<u64, u32>,
+    chain: Vec<u32>,
+    hasher: std::hash::RandomState,
+    /// Most distinct indicators kept; new ones past it are counted in `dropped`.
+    pub(crate) max_indicators: usize,
+    pub(crate) dropped: u64,
     pub(crate) indicators: Vec<Indicator>,
     pub(crate) tlp: Vec<TlpMarking>,
     pub(crate) file_names: Vec<FileNameMention>,
@@ -153,6 +164,24 @@ pub(crate) struct Collector {
     pub(crate) stats: ScanStats,
     /// When set, every scanned text is kept here too (for comparisons with other extractors).
     pub(crate) texts: Option<Vec<ScannedText>>,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Collector {
+            index: HashMap::new(),
+            chain: Vec::new(),
+            hasher: std::hash::RandomState::new(),
+            max_indicators: MAX_INDICATORS,
+            dropped: 0,
+            indicators: Vec::new(),
+            tlp: Vec::new(),
+            file_names: Vec::new(),
+            links: Vec::new(),
+            stats: ScanStats::default(),
+            texts: None,
+        }
+    }
 }
 
 /// A text the scanners read, and where it came from.
@@ -173,21 +202,33 @@ impl Collector {
         location: Location,
     ) {
         let defanged = location.defanged;
-        if let Some(&i) = self.index.get(&(kind, value.clone())) {
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, (kind, value.as_str()));
+        let mut next = self.index.get(&hash).copied().unwrap_or(NO_INDICATOR);
+        while next != NO_INDICATOR {
+            let i = next as usize;
             let indicator = &mut self.indicators[i];
-            indicator.occurrences = indicator.occurrences.saturating_add(1);
-            indicator.defanged |= defanged;
-            if indicator.unicode.is_none() {
-                indicator.unicode = unicode;
+            if indicator.kind == kind && indicator.value == value {
+                indicator.occurrences = indicator.occurrences.saturating_add(1);
+                indicator.defanged |= defanged;
+                if indicator.unicode.is_none() {
+                    indicator.unicode = unicode;
+                }
+                if indicator.locations.len() < MAX_LOCATIONS
+                    && !indicator.locations.contains(&location)
+                {
+                    indicator.locations.push(location);
+                }
+                return;
             }
-            if indicator.locations.len() < MAX_LOCATIONS && !indicator.locations.contains(&location)
-            {
-                indicator.locations.push(location);
-            }
+            next = self.chain[i];
+        }
+        if self.indicators.len() >= self.max_indicators {
+            self.dropped += 1;
             return;
         }
-        self.index
-            .insert((kind, value.clone()), self.indicators.len());
+        let new = u32::try_from(self.indicators.len()).unwrap_or(NO_INDICATOR);
+        self.chain
+            .push(self.index.insert(hash, new).unwrap_or(NO_INDICATOR));
         self.indicators.push(Indicator {
             kind,
             value,
@@ -282,6 +323,15 @@ impl Collector {
 
 /// Scans a plain text (a `text/*` body, a subject, a header value, a text attachment).
 pub(crate) fn scan_text(text: &str, origin: &Origin, out: &mut Collector) {
+    record_text(text, origin, out);
+    for chunk in chunks(text) {
+        out.stats.chunks += 1;
+        let refanged = refang::refang(chunk);
+        scan_refanged(&refanged, origin, out);
+    }
+}
+
+fn record_text(text: &str, origin: &Origin, out: &mut Collector) {
     if let Some(texts) = &mut out.texts {
         texts.push(ScannedText {
             location: origin.location(false, None),
@@ -290,8 +340,85 @@ pub(crate) fn scan_text(text: &str, origin: &Origin, out: &mut Collector) {
     }
     out.stats.texts += 1;
     out.stats.bytes += text.len() as u64;
-    for chunk in chunks(text) {
-        scan_chunk(chunk, origin, out);
+}
+
+/// Scans many short texts (header values, HTML attribute values) as one: they are refanged one
+/// by one and joined by newlines (no indicator crosses a newline), so the scanners run once per
+/// [`CHUNK`] rather than once per text; each match is credited to the text it lies in.
+pub(crate) fn scan_texts(texts: &[(Origin, &str)], out: &mut Collector) {
+    let mut batch = Batch::default();
+    for (origin, text) in texts {
+        if text.len() >= CHUNK {
+            batch.flush(out);
+            scan_text(text, origin, out);
+            continue;
+        }
+        if batch.text.len() + text.len() + 1 > CHUNK {
+            batch.flush(out);
+        }
+        record_text(text, origin, out);
+        let refanged = refang::refang(text);
+        let base = batch.text.len();
+        batch.starts.push(base);
+        batch.origins.push(origin.clone());
+        batch.text.push_str(&refanged.text);
+        batch
+            .spans
+            .extend(refanged.spans.iter().map(|s| s.start + base..s.end + base));
+        batch.text.push('\n');
+    }
+    batch.flush(out);
+}
+
+/// Texts joined for one scan.
+#[derive(Default)]
+struct Batch {
+    text: String,
+    spans: Vec<Range<usize>>,
+    starts: Vec<usize>,
+    origins: Vec<Origin>,
+}
+
+impl Batch {
+    fn flush(&mut self, out: &mut Collector) {
+        if self.origins.is_empty() {
+            return;
+        }
+        out.stats.chunks += 1;
+        let batch = std::mem::take(self);
+        let refanged = Refanged {
+            text: std::borrow::Cow::Borrowed(&batch.text),
+            spans: batch.spans,
+        };
+        let segments = Segments {
+            starts: batch.starts,
+            origins: batch.origins,
+        };
+        scan_refanged(&refanged, &segments, out);
+    }
+}
+
+/// Which text a position of scanned text came from.
+trait OriginAt {
+    fn at(&self, pos: usize) -> &Origin;
+}
+
+impl OriginAt for Origin {
+    fn at(&self, _pos: usize) -> &Origin {
+        self
+    }
+}
+
+/// The origins of the texts of a [`Batch`], by start offset.
+struct Segments {
+    starts: Vec<usize>,
+    origins: Vec<Origin>,
+}
+
+impl OriginAt for Segments {
+    fn at(&self, pos: usize) -> &Origin {
+        let i = self.starts.partition_point(|&s| s <= pos).saturating_sub(1);
+        &self.origins[i.min(self.origins.len() - 1)]
     }
 }
 
@@ -301,16 +428,21 @@ pub(crate) fn scan_text(text: &str, origin: &Origin, out: &mut Collector) {
 pub(crate) fn scan_html(document: &str, origin: &Origin, out: &mut Collector) {
     let content = html::content(document);
     scan_text(&content.text, origin, out);
-    for attribute in &content.attributes {
-        let value = attribute.value.as_str();
-        if starts_with_ignore_case(value, "cid:") || starts_with_ignore_case(value, "data:") {
-            continue;
-        }
-        let attr_origin = origin.with_source(Source::HtmlAttribute {
-            attribute: attribute.name.to_string(),
-        });
-        scan_text(value, &attr_origin, out);
-    }
+    let attributes: Vec<(Origin, &str)> = content
+        .attributes
+        .iter()
+        .filter(|a| {
+            !starts_with_ignore_case(&a.value, "cid:")
+                && !starts_with_ignore_case(&a.value, "data:")
+        })
+        .map(|a| {
+            let attr_origin = origin.with_source(Source::HtmlAttribute {
+                attribute: a.name.to_string(),
+            });
+            (attr_origin, a.value.as_str())
+        })
+        .collect();
+    scan_texts(&attributes, out);
     for link in &content.links {
         check_link(link, origin, out);
     }
@@ -453,12 +585,13 @@ fn mask(buf: &mut [u8], range: Range<usize>) {
     }
 }
 
-fn scan_chunk(chunk: &str, origin: &Origin, out: &mut Collector) {
-    out.stats.chunks += 1;
-    let refanged = refang::refang(chunk);
+fn scan_refanged(refanged: &Refanged<'_>, origins: &dyn OriginAt, out: &mut Collector) {
     let text = refanged.text.as_ref();
     let mut buf = text.as_bytes().to_vec();
-    let plain = matches!(origin.source, Source::Text | Source::Attachment { .. });
+    // Cheap tests that let whole passes be skipped.
+    let has_at = memchr_contains(text, b'@');
+    let has_dot = memchr_contains(text, b'.');
+    let has_colon = memchr_contains(text, b':');
 
     // 1. URLs: everything inside one is part of it, except its host (README rule 3).
     for m in URL.find_iter(text) {
@@ -471,7 +604,9 @@ fn scan_chunk(chunk: &str, origin: &Origin, out: &mut Collector) {
         out.stats.checked_bytes += (end - start) as u64;
         let range = start..end;
         if let Some(url) = urls::normalize(&text[range.clone()]) {
+            let origin = origins.at(start);
             out.add_url(url, origin, refanged.touches(&range));
+            let plain = matches!(origin.source, Source::Text | Source::Attachment { .. });
             if plain && text[..start].ends_with('<') {
                 plain_link_label(text, start - 1, origin, out);
             }
@@ -481,12 +616,12 @@ fn scan_chunk(chunk: &str, origin: &Origin, out: &mut Collector) {
 
     // 2. Email addresses (a local part such as `cfo.office` is never a domain).
     let mut email_ranges = Vec::new();
-    for m in EMAIL.find_iter(&buf) {
+    for m in EMAIL.find_iter(if has_at { &buf[..] } else { &[] }) {
         out.stats.candidates += 1;
         out.stats.checked_bytes += m.len() as u64;
         let range = m.range();
         if let Some(found) = email_at(&buf, range.clone()) {
-            out.add_email(found, origin, refanged.touches(&range));
+            out.add_email(found, origins.at(range.start), refanged.touches(&range));
         }
         email_ranges.push(range);
     }
@@ -496,18 +631,20 @@ fn scan_chunk(chunk: &str, origin: &Origin, out: &mut Collector) {
 
     // TLP markings, outside URLs and addresses (`.../TLP-RED-report.pdf` is not a marking).
     if let Ok(masked) = std::str::from_utf8(&buf) {
-        for level in tlp::markings(masked) {
-            out.add_tlp(level, origin.location(false, None));
+        for (level, at) in tlp::markings(masked) {
+            out.add_tlp(level, origins.at(at).location(false, None));
         }
     }
 
     // 3. IPv6 addresses and networks (before IPv4, which they may embed).
     let mut v6_ranges = Vec::new();
-    for m in IPV6.find_iter(&buf) {
+    for m in IPV6.find_iter(if has_colon { &buf[..] } else { &[] }) {
         out.stats.candidates += 1;
         out.stats.checked_bytes += m.len() as u64;
         if let Some((found, range)) = ipv6_at(&buf, m.range()) {
-            let location = origin.location(refanged.touches(&range), None);
+            let location = origins
+                .at(range.start)
+                .location(refanged.touches(&range), None);
             match found {
                 IpFound::Address(ip) => {
                     out.add(IndicatorKind::Ipv6, ip.to_string(), None, location)
@@ -522,11 +659,13 @@ fn scan_chunk(chunk: &str, origin: &Origin, out: &mut Collector) {
     }
 
     // 4. IPv4 addresses and networks.
-    for m in IPV4.find_iter(&buf) {
+    for m in IPV4.find_iter(if has_dot { &buf[..] } else { &[] }) {
         out.stats.candidates += 1;
         out.stats.checked_bytes += TOKEN_WINDOW as u64;
         if let Some((found, range)) = ipv4_at(&buf, m.range()) {
-            let location = origin.location(refanged.touches(&range), None);
+            let location = origins
+                .at(range.start)
+                .location(refanged.touches(&range), None);
             match found {
                 IpFound::Address(ip) => {
                     out.add(IndicatorKind::Ipv4, ip.to_string(), None, location)
@@ -537,7 +676,7 @@ fn scan_chunk(chunk: &str, origin: &Origin, out: &mut Collector) {
     }
 
     // 5. Hashes: a run of exactly 32/40/64/128 hex digits not touching a letter or digit.
-    for m in HEX.find_iter(&buf) {
+    for m in HEX.find_iter(if buf.len() >= 32 { &buf[..] } else { &[] }) {
         out.stats.candidates += 1;
         let kind = match m.len() {
             32 => IndicatorKind::Md5,
@@ -550,7 +689,9 @@ fn scan_chunk(chunk: &str, origin: &Origin, out: &mut Collector) {
             continue;
         }
         let value = String::from_utf8_lossy(m.as_bytes()).to_ascii_lowercase();
-        let location = origin.location(refanged.touches(&m.range()), None);
+        let location = origins
+            .at(m.start())
+            .location(refanged.touches(&m.range()), None);
         out.add(kind, value, None, location);
     }
 
@@ -573,24 +714,26 @@ fn scan_chunk(chunk: &str, origin: &Origin, out: &mut Collector) {
             IndicatorKind::Cve,
             value,
             None,
-            origin.location(false, None),
+            origins.at(whole.start()).location(false, None),
         );
     }
 
     // 7. Domains (not file names, AV verdicts or parts of longer dotted tokens).
-    for m in DOMAIN.find_iter(&buf) {
+    for m in DOMAIN.find_iter(if has_dot { &buf[..] } else { &[] }) {
         out.stats.candidates += 1;
-        if let Some(domain) = domain_at(&buf, m.range(), &refanged, &mut out.stats) {
-            let location = origin.location(refanged.touches(&m.range()), None);
+        if let Some(domain) = domain_at(&buf, m.range(), refanged, &mut out.stats) {
+            let location = origins
+                .at(m.start())
+                .location(refanged.touches(&m.range()), None);
             out.add_domain(domain, location);
         }
     }
 
     // 8. File names written in the text.
-    for m in FILE_NAME.find_iter(&buf) {
+    for m in FILE_NAME.find_iter(if has_dot { &buf[..] } else { &[] }) {
         out.stats.candidates += 1;
-        if let Some(name) = file_name_at(&buf, m.range(), &refanged) {
-            out.add_file_name(name, origin.location(false, None));
+        if let Some(name) = file_name_at(&buf, m.range(), refanged) {
+            out.add_file_name(name, origins.at(m.start()).location(false, None));
         }
     }
 }
@@ -608,6 +751,11 @@ fn plain_link_label(text: &str, lt: usize, origin: &Origin, out: &mut Collector)
     if let Some(name) = whole_file_name(line) {
         out.add_file_name(name, origin.location(false, None));
     }
+}
+
+/// Whether `text` holds byte `b` (a SIMD `memchr` underneath).
+fn memchr_contains(text: &str, b: u8) -> bool {
+    text.as_bytes().contains(&b)
 }
 
 fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {

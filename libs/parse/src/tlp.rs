@@ -25,10 +25,11 @@ const LEAD_WINDOW: usize = 16;
 /// How far after a marking to look for a definition.
 const DEFINITION_WINDOW: usize = 64;
 
-/// The markings in `text`, legends excluded, in order of appearance.
-pub(crate) fn markings(text: &str) -> Vec<Tlp> {
+/// The markings in `text` with their byte offsets, legends excluded, in order of appearance.
+pub(crate) fn markings(text: &str) -> Vec<(Tlp, usize)> {
     struct Found {
         level: Tlp,
+        at: usize,
         line: usize,
         starts_definition: bool,
     }
@@ -71,6 +72,7 @@ pub(crate) fn markings(text: &str) -> Vec<Tlp> {
             .any(char::is_alphanumeric);
         found.push(Found {
             level,
+            at: whole.start(),
             line,
             starts_definition: at_line_start && definition,
         });
@@ -101,13 +103,17 @@ pub(crate) fn markings(text: &str) -> Vec<Tlp> {
         .into_iter()
         .zip(legend)
         .filter(|(_, is_legend)| !is_legend)
-        .map(|(f, _)| f.level)
+        .map(|(f, _)| (f.level, f.at))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn levels(text: &str) -> Vec<Tlp> {
+        markings(text).into_iter().map(|(level, _)| level).collect()
+    }
 
     #[test]
     fn markings_table() {
@@ -128,18 +134,18 @@ mod tests {
             ),
         ];
         for (text, expected) in cases {
-            assert_eq!(markings(text), *expected, "{text}");
+            assert_eq!(levels(text), *expected, "{text}");
         }
     }
 
     #[test]
     fn legend_is_not_a_marking() {
         let text = "Marking: TLP:GREEN\n\nTLP definitions:\nTLP:RED = for the eyes of named recipients only\nTLP:AMBER = limited disclosure\nTLP:GREEN = community-wide\nTLP:CLEAR = no limit\n";
-        assert_eq!(markings(text), vec![Tlp::Green]);
+        assert_eq!(markings(text), vec![(Tlp::Green, 9)]);
         let html_rows = "TLP:RED\tnamed recipients only\nTLP:AMBER\tlimited disclosure\n";
-        assert_eq!(markings(html_rows), Vec::<Tlp>::new());
+        assert_eq!(levels(html_rows), Vec::<Tlp>::new());
         let numbered = "1. TLP:RED - named recipients only\n2. TLP:CLEAR - no limit\n";
-        assert_eq!(markings(numbered), Vec::<Tlp>::new());
-        assert_eq!(markings(html_rows), Vec::<Tlp>::new());
+        assert_eq!(levels(numbered), Vec::<Tlp>::new());
+        assert_eq!(levels(html_rows), Vec::<Tlp>::new());
     }
 }

@@ -268,3 +268,19 @@ fn quoted_printable_soft_break_before_boundary_keeps_every_character() {
         ["https://qp.example.org/abc", "https://qp.example.org/y"]
     );
 }
+
+#[test]
+fn distinct_indicators_are_capped() {
+    let mut body = String::new();
+    for i in 0..2_000 {
+        body += &format!("https://h{i}.example.com/ ");
+    }
+    let raw = format!("From: a@example.com\r\nSubject: many\r\n\r\n{body}\r\n");
+    let options = ParseOptions {
+        max_indicators: 500,
+        ..ParseOptions::default()
+    };
+    let parsed = parse_message_with(raw.as_bytes(), &options);
+    assert_eq!(parsed.indicators.len(), 500);
+    assert!(has_warning(&parsed, WarningKind::IndicatorLimitExceeded));
+}

@@ -1,0 +1,337 @@
+//! Cached `GetToken` over loopback gRPC, side by side with an empty unary call (the gRPC
+//! health `Check` on the same server: the ceiling), both with the same number of
+//! concurrent callers.
+//!
+//! A broker runs as `threatmail_token_broker::run` with production cache settings on a real
+//! Redis and the test kit's Entra stand-in; one source is stored, its token fetched once,
+//! then every measured call is served from the broker's cache (checked: the stand-in sees
+//! one request). The server and the callers run on separate tokio runtimes in this process.
+//! Rounds alternate baseline and `GetToken` so drift affects both alike; figures are
+//! reported against the same run's baseline.
+//!
+//! ```text
+//! cargo run --release -p threatmail-bench --bin token_broker -- [--seconds 5] [--callers 64] [--rounds 3]
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use threatmail_auth::{CredentialInterceptor, ServiceCredential};
+use threatmail_proto::v1::GetTokenRequest;
+use threatmail_proto::v1::token_broker_client::TokenBrokerClient;
+use threatmail_source::{Keyring, MasterKey, SecretSlot, SourceId, SourceRecord, SourceStore};
+use threatmail_testkit::ca::TestCa;
+use threatmail_testkit::entra::EntraStandIn;
+use threatmail_testkit::redis::RedisServer;
+use threatmail_testkit::tenant::{TenantFixture, TenantHandle};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// gRPC connections the callers share (round-robin), like a few fetcher processes.
+const CHANNELS: usize = 4;
+
+struct Args {
+    seconds: u64,
+    callers: usize,
+    rounds: usize,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut parsed = Args {
+        seconds: 5,
+        callers: 64,
+        rounds: 3,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().with_context(|| format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--seconds" => parsed.seconds = value.parse()?,
+            "--callers" => parsed.callers = value.parse()?,
+            "--rounds" => parsed.rounds = value.parse()?,
+            _ => bail!("unknown argument {arg}; use --seconds, --callers, --rounds"),
+        }
+    }
+    Ok(parsed)
+}
+
+/// Everything the server side keeps alive.
+struct Server {
+    _ca: TestCa,
+    _dir: tempfile_dir::Dir,
+    _redis: RedisServer,
+    entra: EntraStandIn,
+    tenant_id: String,
+    client_id: String,
+    addr: std::net::SocketAddr,
+    credential: ServiceCredential,
+    source: SourceId,
+}
+
+/// A temp dir without another dependency: removed on drop.
+mod tempfile_dir {
+    pub(crate) struct Dir(pub(crate) std::path::PathBuf);
+
+    impl Dir {
+        pub(crate) fn new() -> std::io::Result<Self> {
+            let path = std::env::temp_dir().join(format!("tm-bench-broker-{}", std::process::id()));
+            std::fs::create_dir_all(&path)?;
+            Ok(Dir(path))
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn start_server() -> anyhow::Result<Server> {
+    let ca = TestCa::new()?;
+    let dir = tempfile_dir::Dir::new()?;
+    let ca_file = dir.0.join("ca.pem");
+    ca.write_cert(&ca_file)?;
+    let redis = RedisServer::start()?;
+    let tenant = TenantHandle::new(TenantFixture::everything_right());
+    let entra = EntraStandIn::start(&ca, tenant.clone()).await?;
+    let (tenant_id, client_id, secret) = tenant.read(|f| {
+        let app = f.primary_app().expect("the fixture has an app");
+        (
+            f.primary_tenant().expect("the fixture has a tenant").id.clone(),
+            app.client_id.clone(),
+            app.secrets[0].value.expose().to_owned(),
+        )
+    });
+    let master = MasterKey::generate("bench")?;
+    let master_line = master.to_line();
+    let keyring = Keyring::new(master, Vec::new())?;
+    let credential = ServiceCredential::generate("fetcher")?;
+
+    let source = SourceId::new_random();
+    let mut record = SourceRecord::new_oauth(
+        source.clone(),
+        "bench",
+        "soc-phish@corp.example",
+        &tenant_id,
+        &client_id,
+        0,
+    );
+    record.set_secret(&keyring, SecretSlot::Current, &secret.into(), None)?;
+    SourceStore::new(redis.connection_manager().await?)
+        .insert(&record)
+        .await?;
+
+    // Production cache settings; only the endpoints point at the local stack.
+    let mut config = threatmail_token_broker::Config {
+        redis_url: redis.url(),
+        ..Default::default()
+    };
+    config.master_key.key = Some(master_line);
+    config
+        .auth
+        .services
+        .insert("fetcher".into(), credential.hash());
+    config.entra.ca_file = Some(ca_file);
+    config.entra.global.authority = Some(entra.authority());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(threatmail_token_broker::run(
+        config,
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    Ok(Server {
+        _ca: ca,
+        _dir: dir,
+        _redis: redis,
+        entra,
+        tenant_id,
+        client_id,
+        addr,
+        credential,
+        source,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Empty,
+    GetToken,
+}
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Call::Empty => "empty unary (health Check)",
+            Call::GetToken => "GetToken (cached)",
+        }
+    }
+}
+
+struct Figures {
+    calls: usize,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure(
+    call: Call,
+    channels: &[Channel],
+    credential: &ServiceCredential,
+    source: &SourceId,
+    callers: usize,
+    length: Duration,
+) -> anyhow::Result<Figures> {
+    let start = Instant::now();
+    let deadline = start + length;
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        let channel = channels[i % channels.len()].clone();
+        let interceptor = CredentialInterceptor::new(credential)?;
+        let source = source.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(64 * 1024);
+            let mut health = HealthClient::new(channel.clone());
+            let mut broker = TokenBrokerClient::with_interceptor(channel, interceptor);
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                match call {
+                    Call::Empty => {
+                        health
+                            .check(HealthCheckRequest {
+                                service: String::new(),
+                            })
+                            .await?;
+                    }
+                    Call::GetToken => {
+                        let reply = broker
+                            .get_token(GetTokenRequest {
+                                source_id: source.clone(),
+                                min_validity_seconds: 0,
+                                force_refresh: false,
+                            })
+                            .await?
+                            .into_inner();
+                        if reply.access_token.is_empty() {
+                            anyhow::bail!("an empty token");
+                        }
+                    }
+                }
+                latencies.push(began.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok(Figures {
+        calls: latencies.len(),
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("broker")
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("callers")
+        .enable_all()
+        .build()?;
+    let server = Arc::new(server_rt.block_on(start_server())?);
+    let addr = server.addr;
+    let results = client_rt.block_on(async {
+        let mut channels = Vec::new();
+        for _ in 0..CHANNELS {
+            let mut attempts = 0;
+            let channel = loop {
+                match tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect()
+                    .await
+                {
+                    Ok(channel) => break channel,
+                    Err(_) if attempts < 100 => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            };
+            channels.push(channel);
+        }
+        // Warm up both paths (the first GetToken asks the stand-in).
+        for call in [Call::Empty, Call::GetToken] {
+            measure(call, &channels, &server.credential, &server.source, args.callers, Duration::from_secs(1)).await?;
+        }
+        let length = Duration::from_secs(args.seconds);
+        let mut results = Vec::new();
+        for round in 0..args.rounds {
+            for call in [Call::Empty, Call::GetToken] {
+                let figures = measure(call, &channels, &server.credential, &server.source, args.callers, length).await?;
+                results.push((round, call, figures));
+            }
+        }
+        anyhow::Ok(results)
+    })?;
+    let entra_requests = server.entra.request_count(&server.tenant_id, &server.client_id);
+    if entra_requests != 1 {
+        bail!("the stand-in saw {entra_requests} requests; every measured call should be cached");
+    }
+
+    println!(
+        "token_broker: {} callers over {CHANNELS} connections, {} s per round, {} rounds, release={}",
+        args.callers,
+        args.seconds,
+        args.rounds,
+        !cfg!(debug_assertions)
+    );
+    println!("| round | call | calls | calls/s | p50 | p99 | throughput vs ceiling |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for (round, call, figures) in &results {
+        let ceiling = results
+            .iter()
+            .find(|(r, c, _)| r == round && *c == Call::Empty)
+            .map(|(_, _, f)| f.per_second)
+            .unwrap_or(f64::NAN);
+        let ratio = figures.per_second / ceiling;
+        if *call == Call::GetToken {
+            ratios.push((ratio, figures.p99));
+        }
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2}x |",
+            round + 1,
+            call.name(),
+            figures.calls,
+            figures.per_second,
+            figures.p50.as_secs_f64() * 1e3,
+            figures.p99.as_secs_f64() * 1e3,
+            ratio
+        );
+    }
+    let worst_ratio = ratios.iter().map(|(r, _)| *r).fold(f64::INFINITY, f64::min);
+    let worst_p99 = ratios.iter().map(|(_, p)| *p).max().unwrap_or_default();
+    println!(
+        "GetToken: worst round {worst_ratio:.2}x the ceiling's throughput (target >= 0.80), worst p99 {:.2} ms (target <= 2 ms); stand-in requests: {entra_requests}",
+        worst_p99.as_secs_f64() * 1e3
+    );
+    // Stopping the runtimes drops the broker task; the stack is dropped after.
+    drop(client_rt);
+    drop(server_rt);
+    Ok(())
+}
