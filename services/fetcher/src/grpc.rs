@@ -161,6 +161,8 @@ pub fn status_of(error: ImapError) -> Status {
         }
         ImapError::LoginRefused { .. } => tonic::Code::Unauthenticated,
         ImapError::NotConnected { .. } => tonic::Code::PermissionDenied,
+        ImapError::Throttled { .. } => tonic::Code::ResourceExhausted,
+        ImapError::TokenExpired { .. } | ImapError::Closed { .. } => tonic::Code::Unavailable,
         ImapError::CommandFailed { .. } => tonic::Code::FailedPrecondition,
         ImapError::Protocol { .. } => tonic::Code::Unavailable,
     };

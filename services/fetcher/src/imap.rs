@@ -8,9 +8,12 @@
 //! - [`folders`]: LIST into a folder tree with modified UTF-7 names decoded for people and
 //!   the server's raw names kept for commands.
 
+pub(crate) mod command;
 pub mod connect;
+pub mod fetch;
 pub mod folders;
 pub mod login;
+pub mod select_folder;
 
 use std::time::Duration;
 
@@ -68,6 +71,20 @@ pub enum ImapError {
         user: String,
         text: String,
     },
+    /// Exchange's throttling: `Request is throttled. Suggested Backoff Time: N milliseconds`.
+    #[error("{server} is throttling this mailbox for {backoff:?}: {text}")]
+    Throttled {
+        server: String,
+        backoff: Duration,
+        text: String,
+    },
+    /// The session outlived its access token (`* BYE Session invalidated -
+    /// AccessTokenExpired`); a new login with a fresh token continues.
+    #[error("{server} ended the session because its access token expired: {text}")]
+    TokenExpired { server: String, text: String },
+    /// The server closed the connection with `* BYE`.
+    #[error("{server} closed the connection: {text}")]
+    Closed { server: String, text: String },
     /// A command was answered with NO or BAD.
     #[error("{server} answered {command} with: {text}")]
     CommandFailed {
@@ -97,6 +114,9 @@ impl ImapError {
             }
             ImapError::LoginRefused { .. } => "imap.authenticate_failed",
             ImapError::NotConnected { .. } => "imap.not_connected",
+            ImapError::Throttled { .. } => "imap.throttled",
+            ImapError::TokenExpired { .. } => "imap.token_expired",
+            ImapError::Closed { .. } => "imap.closed",
             ImapError::CommandFailed { .. } => "imap.command_failed",
             ImapError::Protocol { .. } => "imap.protocol_error",
         }

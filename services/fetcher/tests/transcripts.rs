@@ -228,3 +228,118 @@ async fn no_authenticate_failed_is_a_refused_login() -> anyhow::Result<()> {
     server.await??;
     Ok(())
 }
+
+/// Greets as Exchange, accepts any XOAUTH2 login, and returns the reader.
+async fn accept_login(stream: TcpStream) -> anyhow::Result<BufReader<TcpStream>> {
+    let mut reader = BufReader::new(stream);
+    reader
+        .get_mut()
+        .write_all(EXCHANGE_GREETING.as_bytes())
+        .await?;
+    let command = read_line(&mut reader).await?;
+    let tag = command.split(' ').next().unwrap_or_default().to_owned();
+    reader.get_mut().write_all(b"+ \r\n").await?;
+    let _sasl = read_line(&mut reader).await?;
+    reader
+        .get_mut()
+        .write_all(format!("{tag} OK AUTHENTICATE completed.\r\n").as_bytes())
+        .await?;
+    Ok(reader)
+}
+
+async fn logged_in(endpoint: &Endpoint) -> anyhow::Result<threatmail_fetcher::imap::Session> {
+    let client = connect(endpoint, tls(), LIMIT).await?;
+    Ok(login(
+        client,
+        &xoauth2("reports@example.com", "T"),
+        "scripted",
+        LIMIT,
+    )
+    .await?)
+}
+
+/// Exchange's throttling reply to a FETCH, then its BYE: the backoff is read from the text,
+/// and nothing reads as "no new messages".
+#[tokio::test]
+async fn a_throttled_fetch_carries_the_suggested_backoff() -> anyhow::Result<()> {
+    let (endpoint, server) = scripted(|stream| async move {
+        let mut reader = accept_login(stream).await?;
+        let fetch = read_line(&mut reader).await?;
+        anyhow::ensure!(fetch.contains("UID FETCH 1:* (UID RFC822.SIZE)"), "got {fetch:?}");
+        let tag = fetch.split(' ').next().unwrap_or_default().to_owned();
+        reader
+            .get_mut()
+            .write_all(
+                format!("{tag} NO Request is throttled. Suggested Backoff Time: 89000 milliseconds\r\n* BYE Connection closed. 14\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        Ok(())
+    })
+    .await?;
+    let mut session = logged_in(&endpoint).await?;
+    let error = threatmail_fetcher::imap::fetch::announced_since(
+        &mut session,
+        "scripted",
+        "reports@example.com",
+        1,
+        LIMIT,
+    )
+    .await
+    .expect_err("throttled");
+    match error {
+        ImapError::Throttled { backoff, .. } => assert_eq!(backoff, Duration::from_millis(89_000)),
+        other => panic!("expected Throttled, got {other:?}"),
+    }
+    server.await??;
+    Ok(())
+}
+
+/// `* BYE Session invalidated - AccessTokenExpired` in the middle of a command, and
+/// `BAD Command received in Invalid state.` after it, both mean "log in again".
+#[tokio::test]
+async fn token_expiry_mid_session_is_its_own_error() -> anyhow::Result<()> {
+    let (endpoint, server) = scripted(|stream| async move {
+        let mut reader = accept_login(stream).await?;
+        let _first = read_line(&mut reader).await?;
+        // The command in flight is never completed.
+        reader
+            .get_mut()
+            .write_all(b"* BYE Session invalidated - AccessTokenExpired\r\n")
+            .await?;
+        let second = read_line(&mut reader).await?;
+        let second_tag = second.split(' ').next().unwrap_or_default().to_owned();
+        reader
+            .get_mut()
+            .write_all(
+                format!("{second_tag} BAD Command received in Invalid state.\r\n").as_bytes(),
+            )
+            .await?;
+        Ok(())
+    })
+    .await?;
+    let mut session = logged_in(&endpoint).await?;
+    let first = threatmail_fetcher::imap::select_folder::open(
+        &mut session,
+        "scripted",
+        "reports@example.com",
+        "INBOX",
+        threatmail_fetcher::imap::select_folder::Access::ReadOnly,
+        LIMIT,
+    )
+    .await
+    .expect_err("expired");
+    assert_eq!(first.reason(), "imap.token_expired", "{first:?}");
+    let second = threatmail_fetcher::imap::fetch::announced_since(
+        &mut session,
+        "scripted",
+        "reports@example.com",
+        1,
+        LIMIT,
+    )
+    .await
+    .expect_err("invalid state");
+    assert_eq!(second.reason(), "imap.token_expired", "{second:?}");
+    server.await??;
+    Ok(())
+}

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use threatmail_core::mutf7;
 
-use super::{ImapError, Session, is_not_connected};
+use super::command::run_tagged;
+use super::{ImapError, Session};
 
 /// One LIST entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,84 +34,24 @@ pub async fn list(
     user: &str,
     limit: Duration,
 ) -> Result<Vec<ListedFolder>, ImapError> {
-    match tokio::time::timeout(limit, list_raw(session, server, user)).await {
-        Ok(result) => result,
-        Err(_) => Err(ImapError::Timeout {
-            server: server.to_owned(),
-            step: "LIST",
-            after: limit,
-        }),
-    }
-}
-
-async fn list_raw(
-    session: &mut Session,
-    server: &str,
-    user: &str,
-) -> Result<Vec<ListedFolder>, ImapError> {
-    let protocol = |source| ImapError::Protocol {
-        server: server.to_owned(),
-        step: "LIST",
-        source,
-    };
-    let tag = session
-        .run_command("LIST \"\" \"*\"")
-        .await
-        .map_err(protocol)?;
     let mut folders = Vec::new();
-    loop {
-        let response = session
-            .read_response()
-            .await
-            .map_err(|e| protocol(async_imap::error::Error::Io(e)))?
-            .ok_or_else(|| protocol(async_imap::error::Error::ConnectionLost))?;
-        match response.parsed() {
-            imap_proto::Response::MailboxData(imap_proto::MailboxDatum::List(data)) => {
+    run_tagged(
+        session,
+        server,
+        user,
+        "LIST",
+        "LIST \"\" \"*\"",
+        limit,
+        &mut |response| {
+            if let imap_proto::Response::MailboxData(imap_proto::MailboxDatum::List(data)) =
+                response
+            {
                 folders.push(listed_folder(data));
             }
-            imap_proto::Response::Done {
-                tag: done,
-                status,
-                outcome,
-            } if *done == tag => {
-                let text = outcome
-                    .information
-                    .as_deref()
-                    .unwrap_or_default()
-                    .to_owned();
-                return match status {
-                    imap_proto::Status::Ok => Ok(folders),
-                    _ if is_not_connected(&text) => Err(ImapError::NotConnected {
-                        server: server.to_owned(),
-                        user: user.to_owned(),
-                        text,
-                    }),
-                    _ => Err(ImapError::CommandFailed {
-                        server: server.to_owned(),
-                        command: "LIST",
-                        text,
-                    }),
-                };
-            }
-            imap_proto::Response::Data {
-                status: imap_proto::Status::Bye,
-                outcome,
-            } => {
-                let text = outcome
-                    .information
-                    .as_deref()
-                    .unwrap_or_default()
-                    .to_owned();
-                return Err(ImapError::CommandFailed {
-                    server: server.to_owned(),
-                    command: "LIST",
-                    text: format!("the server closed the connection: {text}"),
-                });
-            }
-            // Unsolicited EXISTS, FLAGS and the like do not concern LIST.
-            _ => {}
-        }
-    }
+        },
+    )
+    .await?;
+    Ok(folders)
 }
 
 fn listed_folder(data: &imap_proto::MailboxListData<'_>) -> ListedFolder {
