@@ -5,9 +5,9 @@
 //! loads the configuration and calls it, and tests call it directly.
 
 pub mod config;
+pub mod connections;
 pub mod grpc;
 pub mod imap;
-pub mod lease;
 
 pub use config::Config;
 
