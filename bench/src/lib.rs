@@ -76,7 +76,8 @@ pub fn venv_python() -> anyhow::Result<PathBuf> {
 
 /// This process's peak resident set size in bytes (`VmHWM` of `/proc/self/status`).
 pub fn peak_rss() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("failed to read /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("failed to read /proc/self/status")?;
     let line = status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))

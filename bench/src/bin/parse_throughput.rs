@@ -69,7 +69,10 @@ fn main() -> anyhow::Result<()> {
     let mut messages = Vec::new();
     for dir in &args.dirs {
         for file in eml_files(dir)? {
-            messages.push(std::fs::read(&file).with_context(|| format!("failed to read {}", file.display()))?);
+            messages.push(
+                std::fs::read(&file)
+                    .with_context(|| format!("failed to read {}", file.display()))?,
+            );
         }
     }
     anyhow::ensure!(!messages.is_empty(), "no messages found");

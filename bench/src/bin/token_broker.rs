@@ -46,7 +46,9 @@ fn args() -> anyhow::Result<Args> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let value = args.next().with_context(|| format!("{arg} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{arg} needs a value"))?;
         match arg.as_str() {
             "--seconds" => parsed.seconds = value.parse()?,
             "--callers" => parsed.callers = value.parse()?,
@@ -100,7 +102,10 @@ async fn start_server() -> anyhow::Result<Server> {
     let (tenant_id, client_id, secret) = tenant.read(|f| {
         let app = f.primary_app().expect("the fixture has an app");
         (
-            f.primary_tenant().expect("the fixture has a tenant").id.clone(),
+            f.primary_tenant()
+                .expect("the fixture has a tenant")
+                .id
+                .clone(),
             app.client_id.clone(),
             app.secrets[0].value.expose().to_owned(),
         )
@@ -276,19 +281,37 @@ fn main() -> anyhow::Result<()> {
         }
         // Warm up both paths (the first GetToken asks the stand-in).
         for call in [Call::Empty, Call::GetToken] {
-            measure(call, &channels, &server.credential, &server.source, args.callers, Duration::from_secs(1)).await?;
+            measure(
+                call,
+                &channels,
+                &server.credential,
+                &server.source,
+                args.callers,
+                Duration::from_secs(1),
+            )
+            .await?;
         }
         let length = Duration::from_secs(args.seconds);
         let mut results = Vec::new();
         for round in 0..args.rounds {
             for call in [Call::Empty, Call::GetToken] {
-                let figures = measure(call, &channels, &server.credential, &server.source, args.callers, length).await?;
+                let figures = measure(
+                    call,
+                    &channels,
+                    &server.credential,
+                    &server.source,
+                    args.callers,
+                    length,
+                )
+                .await?;
                 results.push((round, call, figures));
             }
         }
         anyhow::Ok(results)
     })?;
-    let entra_requests = server.entra.request_count(&server.tenant_id, &server.client_id);
+    let entra_requests = server
+        .entra
+        .request_count(&server.tenant_id, &server.client_id);
     if entra_requests != 1 {
         bail!("the stand-in saw {entra_requests} requests; every measured call should be cached");
     }

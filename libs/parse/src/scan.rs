@@ -630,8 +630,10 @@ fn scan_refanged(refanged: &Refanged<'_>, origins: &dyn OriginAt, out: &mut Coll
     }
 
     // TLP markings, outside URLs and addresses (`.../TLP-RED-report.pdf` is not a marking).
-    if let Ok(masked) = std::str::from_utf8(&buf) {
-        for (level, at) in tlp::markings(masked) {
+    for (level, at) in tlp::markings(text) {
+        // Blanked in `buf`: inside a URL or an address.
+        let masked = buf.get(at) == Some(&b' ') && text.as_bytes().get(at) != Some(&b' ');
+        if !masked {
             out.add_tlp(level, origins.at(at).location(false, None));
         }
     }
@@ -1303,6 +1305,14 @@ mod tests {
                 ("https://b.example.com/", false)
             ]
         );
+    }
+
+    #[test]
+    fn tlp_inside_a_url_is_not_a_marking() {
+        let e = extract_text("report: https://x.example.com/TLP-RED-report.pdf (TLP:GREEN)");
+        assert_eq!(e.tlp, Some(Tlp::Green));
+        let e = extract_text("mail tlp-red@example.com");
+        assert_eq!(e.tlp, None);
     }
 
     #[test]
