@@ -36,6 +36,8 @@ struct Args {
     seconds: u64,
     callers: usize,
     rounds: usize,
+    /// Measure only one call (for profiling): `empty` or `get-token`.
+    only: Option<Call>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -43,6 +45,7 @@ fn args() -> anyhow::Result<Args> {
         seconds: 5,
         callers: 64,
         rounds: 3,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -53,7 +56,14 @@ fn args() -> anyhow::Result<Args> {
             "--seconds" => parsed.seconds = value.parse()?,
             "--callers" => parsed.callers = value.parse()?,
             "--rounds" => parsed.rounds = value.parse()?,
-            _ => bail!("unknown argument {arg}; use --seconds, --callers, --rounds"),
+            "--only" => {
+                parsed.only = Some(match value.as_str() {
+                    "empty" => Call::Empty,
+                    "get-token" => Call::GetToken,
+                    _ => bail!("--only takes empty or get-token"),
+                })
+            }
+            _ => bail!("unknown argument {arg}; use --seconds, --callers, --rounds, --only"),
         }
     }
     Ok(parsed)
@@ -295,6 +305,9 @@ fn main() -> anyhow::Result<()> {
         let mut results = Vec::new();
         for round in 0..args.rounds {
             for call in [Call::Empty, Call::GetToken] {
+                if args.only.is_some_and(|only| only != call) {
+                    continue;
+                }
                 let figures = measure(
                     call,
                     &channels,

@@ -219,8 +219,8 @@ impl Broker {
         }
         let mut expired_before: Option<SecretSlot> = None;
         let mut last_error = None;
-        for (secret, key) in credentials.secrets.iter().zip(&resolved.keys) {
-            let fetch = self.fetcher(&resolved, secret);
+        for (index, (secret, key)) in credentials.secrets.iter().zip(&resolved.keys).enumerate() {
+            let fetch = self.fetcher(&resolved, index);
             match self.cache.get(key, want, fetch).await {
                 Ok(served) => {
                     let mut warnings = Vec::new();
@@ -251,10 +251,12 @@ impl Broker {
         Err(last_error.unwrap_or(BrokerError::NoSecret { source_id }))
     }
 
+    /// The request for the source's `index`th secret, made only if the cache needs it
+    /// (built on every call, so it only clones two `Arc`s).
     fn fetcher(
         &self,
         resolved: &Arc<Resolved>,
-        secret: &CredentialSecret,
+        index: usize,
     ) -> impl FnOnce() -> futures::future::BoxFuture<
         'static,
         Result<crate::cache::Fetched, EntraError>,
@@ -262,16 +264,16 @@ impl Broker {
     + 'static {
         let entra = self.entra.clone();
         let resolved = Arc::clone(resolved);
-        let value = secret.value.clone();
         move || {
             Box::pin(async move {
                 let credentials = &resolved.credentials;
+                let secret = &credentials.secrets[index];
                 entra
                     .request_token(&TokenRequest {
                         authority: &resolved.endpoints.authority,
                         tenant: &credentials.tenant_id,
                         client_id: &credentials.client_id,
-                        secret: &value,
+                        secret: &secret.value,
                         scope: &resolved.endpoints.scope,
                     })
                     .await
