@@ -1,0 +1,592 @@
+//! The write path: a batch of one folder's messages and the folder's checkpoint, committed
+//! in one script over the source's slot, checked against the folder lease's fencing token.
+//!
+//! For each message the script looks its identity up (`by-sha`, then `by-hdr`): a known
+//! message gets only a new location (or nothing, if that location is known too); a new one
+//! gets its record, its index entries and an outbox entry. Then the checkpoint advances.
+//! Either all of it happens or none (a script runs atomically), so a crash anywhere loses
+//! nothing and duplicates nothing: the caller retries from its last checkpoint and every
+//! message it sends again is found.
+//!
+//! Raw bytes go to the blob store first, so a committed record always has its blob.
+
+use threatmail_parse::{IndicatorKind, ParsedMessage};
+use threatmail_source::SourceId;
+
+use crate::error::{Result, StoreError, redis_error};
+use crate::identity::{self, Identity};
+use crate::keys::{self, SEP};
+use crate::record::{MessageId, MessageRef, RECORD_SCHEMA, StoredRecord, summarise};
+use crate::store::{CrashPoint, Store, value_items, value_text};
+use crate::time::now_ms;
+
+/// A message as fetched: its UID, its raw bytes and their parse.
+#[derive(Debug, Clone)]
+pub struct IncomingMessage {
+    /// The UID in the folder.
+    pub uid: u32,
+    /// The bytes as served (CRLF line ends over IMAP).
+    pub raw: Vec<u8>,
+    /// `threatmail_parse::parse_message(&raw)`.
+    pub parsed: ParsedMessage,
+}
+
+impl IncomingMessage {
+    /// Parses `raw`.
+    pub fn parse(uid: u32, raw: Vec<u8>) -> Self {
+        let parsed = threatmail_parse::parse_message(&raw);
+        IncomingMessage { uid, raw, parsed }
+    }
+}
+
+/// One entry of a batch.
+#[derive(Debug, Clone)]
+pub enum BatchItem {
+    /// A fetched message (boxed: it is large, a skip is small).
+    Message(Box<IncomingMessage>),
+    /// A message not fetched (over the size limit), recorded with its size.
+    Skipped {
+        /// Its UID.
+        uid: u32,
+        /// Its RFC822.SIZE.
+        size: u64,
+        /// Why, e.g. `over the 50 MB limit`.
+        reason: String,
+    },
+}
+
+impl From<IncomingMessage> for BatchItem {
+    fn from(message: IncomingMessage) -> Self {
+        BatchItem::Message(Box::new(message))
+    }
+}
+
+/// What the writer holds that lets it write a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The fencing token of the folder's lease ([`Lease::token`](crate::Lease::token)):
+    /// the write commits only while the lease key holds exactly this token.
+    Token(u64),
+    /// No lease: for imports and tools that are the only writer of the folder.
+    Unfenced,
+}
+
+/// One atomic write: messages of one folder and the folder's new checkpoint.
+#[derive(Debug, Clone)]
+pub struct WriteBatch {
+    /// The source.
+    pub source_id: SourceId,
+    /// The folder's raw (modified UTF-7) name.
+    pub folder: String,
+    /// The folder's UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// The writer's fencing token.
+    pub fence: Fence,
+    /// The messages, in UID order.
+    pub items: Vec<BatchItem>,
+    /// The last UID done; the checkpoint becomes (uidvalidity, this) unless it already is
+    /// as far for this UIDVALIDITY. `None` leaves the checkpoint alone.
+    pub checkpoint_uid: Option<u32>,
+}
+
+/// A folder's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The UIDVALIDITY it is for.
+    pub uidvalidity: u32,
+    /// The last UID stored (or skipped).
+    pub last_uid: u32,
+}
+
+/// What happened to one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// A new record.
+    Stored(MessageRef),
+    /// A known record seen in a new place (another folder, or after a UIDVALIDITY change).
+    LocationAdded(MessageRef),
+    /// A known record at a known place: nothing written.
+    AlreadyStored(MessageRef),
+    /// Recorded as skipped.
+    Skipped {
+        /// Its UID.
+        uid: u32,
+    },
+}
+
+impl ItemOutcome {
+    /// The record, unless skipped.
+    pub fn message(&self) -> Option<&MessageRef> {
+        match self {
+            ItemOutcome::Stored(m)
+            | ItemOutcome::LocationAdded(m)
+            | ItemOutcome::AlreadyStored(m) => Some(m),
+            ItemOutcome::Skipped { .. } => None,
+        }
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// One per item, in order.
+    pub items: Vec<ItemOutcome>,
+    /// The folder's checkpoint after the write.
+    pub checkpoint: Option<Checkpoint>,
+    /// Events put in the stream by the drain that followed, or why it did not run to the
+    /// end (the periodic drain finishes it; nothing is lost).
+    pub drained: std::result::Result<usize, String>,
+}
+
+/// A message ready for the script.
+struct Prepared {
+    uid: u32,
+    sha256: String,
+    header: Option<String>,
+    id: MessageId,
+    sortkey: String,
+    record_json: String,
+    summary_json: String,
+    sender_members: Vec<String>,
+    ioc_members: Vec<String>,
+}
+
+/// `threatmail_parse`'s serde name of a kind (`url`, `domain`, `ipv4`, …).
+pub fn kind_name(kind: IndicatorKind) -> &'static str {
+    match kind {
+        IndicatorKind::Url => "url",
+        IndicatorKind::Domain => "domain",
+        IndicatorKind::Ipv4 => "ipv4",
+        IndicatorKind::Ipv6 => "ipv6",
+        IndicatorKind::Cidr => "cidr",
+        IndicatorKind::Email => "email",
+        IndicatorKind::Md5 => "md5",
+        IndicatorKind::Sha1 => "sha1",
+        IndicatorKind::Sha256 => "sha256",
+        IndicatorKind::Sha512 => "sha512",
+        IndicatorKind::Cve => "cve",
+    }
+}
+
+/// The kind named `name` (as [`kind_name`] writes it, or the answer keys' plural).
+pub fn kind_from_name(name: &str) -> Option<IndicatorKind> {
+    let name = name.trim().to_ascii_lowercase();
+    IndicatorKind::ALL
+        .into_iter()
+        .find(|kind| kind_name(*kind) == name || kind.key_field() == name)
+}
+
+/// The sort key of a record: `<ms:013>|<source id>|<id>`.
+pub(crate) fn sort_key(sort_ms: i64, source: &SourceId, id: &MessageId) -> String {
+    format!(
+        "{:013}|{}|{}",
+        sort_ms.clamp(0, identity::MAX_SORT_MS),
+        source.as_str(),
+        id.as_str()
+    )
+}
+
+/// Whether `text` can be part of an index member (no separator, no line break).
+fn indexable(text: &str) -> bool {
+    !text.is_empty() && !text.chars().any(char::is_control)
+}
+
+fn prepare(source: &SourceId, message: &IncomingMessage, now: i64) -> Prepared {
+    let identity = Identity::of(&message.raw, &message.parsed.message);
+    let id = identity.message_id(source);
+    let sort_ms = identity::sort_ms(&message.parsed.message, now);
+    let sortkey = sort_key(sort_ms, source, &id);
+    let senders = identity::senders(&message.parsed.message);
+    let mut sender_members: Vec<String> = Vec::new();
+    let mut domains: Vec<&str> = Vec::new();
+    for address in senders.iter().filter(|a| indexable(a)) {
+        sender_members.push(format!("{address}{SEP}{sortkey}"));
+        if let Some((_, domain)) = address.rsplit_once('@')
+            && !domain.is_empty()
+            && !domains.contains(&domain)
+        {
+            domains.push(domain);
+        }
+    }
+    for domain in domains {
+        sender_members.push(format!("@{domain}{SEP}{sortkey}"));
+    }
+    let ioc_members = message
+        .parsed
+        .indicators
+        .iter()
+        .filter(|i| indexable(&i.value))
+        .map(|i| format!("{}{SEP}{}{SEP}{sortkey}", kind_name(i.kind), i.value))
+        .collect();
+    let summary = summarise(&message.parsed, senders, &identity.sha256, sort_ms, now);
+    let record = StoredRecord {
+        schema: RECORD_SCHEMA,
+        source_id: source.clone(),
+        id: id.clone(),
+        sha256: identity.sha256.clone(),
+        header_identity: identity.header.clone(),
+        size: message.raw.len() as u64,
+        ingested_at_ms: now,
+        sort_ms,
+        parsed: message.parsed.clone(),
+    };
+    Prepared {
+        uid: message.uid,
+        sha256: identity.sha256,
+        header: identity.header,
+        id,
+        sortkey,
+        // Plain data (strings, numbers, enums) serialises without failing.
+        record_json: serde_json::to_string(&record)
+            .unwrap_or_else(|_| unreachable!("a record serialises")),
+        summary_json: serde_json::to_string(&summary)
+            .unwrap_or_else(|_| unreachable!("a summary serialises")),
+        sender_members,
+        ioc_members,
+    }
+}
+
+impl Store {
+    /// Writes `batch` atomically with its checkpoint (see the module docs), then drains the
+    /// source's outbox into the event stream.
+    ///
+    /// Fails with [`StoreError::StaleFence`] (writing nothing) when `batch.fence` is not
+    /// the folder lease's current token.
+    #[tracing::instrument(skip_all, fields(source_id = %batch.source_id, folder = %batch.folder, items = batch.items.len()))]
+    pub async fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome> {
+        let source = &batch.source_id;
+        self.remember_source(source).await?;
+        let now = now_ms();
+        let prepared: Vec<Option<Prepared>> = batch
+            .items
+            .iter()
+            .map(|item| match item {
+                BatchItem::Message(message) => Some(prepare(source, message, now)),
+                BatchItem::Skipped { .. } => None,
+            })
+            .collect();
+        let blobs = batch
+            .items
+            .iter()
+            .zip(&prepared)
+            .filter_map(|(item, p)| match (item, p) {
+                (BatchItem::Message(m), Some(p)) => Some(self.blobs.put(&p.sha256, &m.raw)),
+                _ => None,
+            });
+        futures::future::try_join_all(blobs).await?;
+
+        let mut invocation = self.inner.write_script.prepare_invoke();
+        invocation
+            .key(keys::lease_key(source, &batch.folder))
+            .key(keys::checkpoint_key(source, &batch.folder))
+            .key(keys::outbox_key(source))
+            .key(keys::index_key(source))
+            .key(keys::folder_index_key(source))
+            .key(keys::sender_index_key(source))
+            .key(keys::ioc_index_key(source))
+            .key(keys::skipped_key(source, &batch.folder))
+            .arg(keys::source_prefix(source))
+            .arg(&batch.folder)
+            .arg(batch.uidvalidity)
+            .arg(
+                batch
+                    .checkpoint_uid
+                    .map(|uid| uid.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(match batch.fence {
+                Fence::Token(token) => token.to_string(),
+                Fence::Unfenced => String::new(),
+            })
+            .arg(now)
+            .arg(batch.items.len());
+        for (item, prepared) in batch.items.iter().zip(&prepared) {
+            match (item, prepared) {
+                (_, Some(p)) => {
+                    invocation
+                        .arg("m")
+                        .arg(p.uid)
+                        .arg(&p.sha256)
+                        .arg(p.header.as_deref().unwrap_or(""))
+                        .arg(p.id.as_str())
+                        .arg(&p.sortkey)
+                        .arg(&p.record_json)
+                        .arg(&p.summary_json)
+                        .arg(p.sender_members.len());
+                    for member in &p.sender_members {
+                        invocation.arg(member);
+                    }
+                    invocation.arg(p.ioc_members.len());
+                    for member in &p.ioc_members {
+                        invocation.arg(member);
+                    }
+                }
+                (BatchItem::Skipped { uid, size, reason }, None) => {
+                    invocation
+                        .arg("s")
+                        .arg(*uid)
+                        .arg(*size)
+                        .arg(reason.replace(char::is_control, " "));
+                }
+                (BatchItem::Message(_), None) => unreachable!("every message is prepared"),
+            }
+        }
+        let mut conn = self.conn.clone();
+        let reply: redis::Value = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error("write a batch", source.as_str()))?;
+        let outcome = self.read_write_reply(batch, &reply)?;
+        self.crash_here(CrashPoint::AfterCommit)?;
+        let drained = match self.drain(source).await {
+            Ok(report) => Ok(report.emitted),
+            Err(StoreError::InjectedCrash(point)) => return Err(StoreError::InjectedCrash(point)),
+            Err(error) => {
+                tracing::warn!(error = %error, "outbox drain after write failed; the periodic drain retries");
+                Err(error.to_string())
+            }
+        };
+        Ok(WriteOutcome {
+            items: outcome.0,
+            checkpoint: outcome.1,
+            drained,
+        })
+    }
+
+    fn read_write_reply(
+        &self,
+        batch: &WriteBatch,
+        reply: &redis::Value,
+    ) -> Result<(Vec<ItemOutcome>, Option<Checkpoint>)> {
+        let source = &batch.source_id;
+        let corrupt = |problem: String| StoreError::Corrupt {
+            what: "write reply",
+            source_id: source.to_string(),
+            problem,
+        };
+        let parts = value_items(reply);
+        match parts.first().and_then(value_text).as_deref() {
+            Some("ok") => {}
+            Some("stale") => {
+                let held = parts.get(1).and_then(value_text).unwrap_or_default();
+                return Err(StoreError::StaleFence {
+                    source_id: source.clone(),
+                    folder: batch.folder.clone(),
+                    token: match batch.fence {
+                        Fence::Token(token) => token,
+                        Fence::Unfenced => 0,
+                    },
+                    held: if held.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        held
+                    },
+                });
+            }
+            other => return Err(corrupt(format!("unexpected status {other:?}"))),
+        }
+        let checkpoint = match (
+            parts
+                .get(1)
+                .and_then(value_text)
+                .and_then(|t| t.parse().ok()),
+            parts
+                .get(2)
+                .and_then(value_text)
+                .and_then(|t| t.parse().ok()),
+        ) {
+            (Some(uidvalidity), Some(last_uid)) => Some(Checkpoint {
+                uidvalidity,
+                last_uid,
+            }),
+            _ => None,
+        };
+        let results = parts.get(3).map(value_items).unwrap_or_default();
+        if results.len() != batch.items.len() * 2 {
+            return Err(corrupt(format!(
+                "{} results for {} items",
+                results.len() / 2,
+                batch.items.len()
+            )));
+        }
+        let mut items = Vec::with_capacity(batch.items.len());
+        for (pair, item) in results.chunks(2).zip(&batch.items) {
+            let status = value_text(&pair[0]).unwrap_or_default();
+            let outcome = match (status.as_str(), item) {
+                ("skipped", BatchItem::Skipped { uid, .. }) => ItemOutcome::Skipped { uid: *uid },
+                (status, BatchItem::Message(_)) => {
+                    let id = value_text(&pair[1])
+                        .and_then(|text| MessageId::from_hex(&text).ok())
+                        .ok_or_else(|| corrupt(format!("bad message id {:?}", pair[1])))?;
+                    let message = MessageRef {
+                        source_id: source.clone(),
+                        id,
+                    };
+                    match status {
+                        "new" => ItemOutcome::Stored(message),
+                        "location" => ItemOutcome::LocationAdded(message),
+                        "known" => ItemOutcome::AlreadyStored(message),
+                        other => return Err(corrupt(format!("unknown item status {other:?}"))),
+                    }
+                }
+                (other, _) => return Err(corrupt(format!("item status {other:?} for a skip"))),
+            };
+            items.push(outcome);
+        }
+        Ok((items, checkpoint))
+    }
+
+    /// The checkpoint of `folder`, if one was written.
+    pub async fn checkpoint(&self, source: &SourceId, folder: &str) -> Result<Option<Checkpoint>> {
+        let mut conn = self.conn.clone();
+        let (uidvalidity, last_uid): (Option<u32>, Option<u32>) = redis::cmd("HMGET")
+            .arg(keys::checkpoint_key(source, folder))
+            .arg("uidvalidity")
+            .arg("last_uid")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("read a checkpoint", source.as_str()))?;
+        Ok(match (uidvalidity, last_uid) {
+            (Some(uidvalidity), Some(last_uid)) => Some(Checkpoint {
+                uidvalidity,
+                last_uid,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The messages of `folder` recorded as skipped: (uidvalidity, uid, size, reason).
+    pub async fn skipped(
+        &self,
+        source: &SourceId,
+        folder: &str,
+    ) -> Result<Vec<(u32, u32, u64, String)>> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(keys::skipped_key(source, folder))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("read skipped messages", source.as_str()))?;
+        let mut skipped: Vec<(u32, u32, u64, String)> = entries
+            .into_iter()
+            .filter_map(|(field, value)| {
+                let (uidvalidity, uid) = field.split_once(':')?;
+                let (size, reason) = value.split_once(' ').unwrap_or((&value, ""));
+                Some((
+                    uidvalidity.parse().ok()?,
+                    uid.parse().ok()?,
+                    size.parse().ok()?,
+                    reason.to_owned(),
+                ))
+            })
+            .collect();
+        skipped.sort();
+        Ok(skipped)
+    }
+}
+
+/// `KEYS`: 1 lease, 2 checkpoint, 3 outbox, 4 index, 5 folder index, 6 sender index,
+/// 7 indicator index, 8 skipped. `ARGV`: 1 key prefix `tm:{<source>}:`, 2 folder,
+/// 3 uidvalidity, 4 checkpoint UID or '', 5 fencing token or '', 6 now (ms), 7 item count,
+/// then per item either `s uid size reason` or `m uid sha256 header-identity id sortkey
+/// record summary <n> sender-members… <n> indicator-members…`.
+///
+/// Per-message keys (`msg:`, `loc:`, `by-sha:`, `by-hdr:`) are built from the prefix: they
+/// carry the same hash tag as every declared key, so they are in the same slot.
+pub(crate) const WRITE_SCRIPT: &str = r"
+local prefix, folder, uidvalidity = ARGV[1], ARGV[2], ARGV[3]
+local checkpoint_uid, fence, now = ARGV[4], ARGV[5], ARGV[6]
+local count = tonumber(ARGV[7])
+
+if fence ~= '' then
+  local held = redis.call('GET', KEYS[1])
+  local token = held and string.match(held, '^(%d+):')
+  if token ~= fence then
+    return {'stale', held or ''}
+  end
+end
+
+local function zadd_all(key, members)
+  local args = {}
+  for n = 1, #members do
+    args[#args + 1] = 0
+    args[#args + 1] = members[n]
+    if #args >= 1000 then
+      redis.call('ZADD', key, unpack(args))
+      args = {}
+    end
+  end
+  if #args > 0 then
+    redis.call('ZADD', key, unpack(args))
+  end
+end
+
+local results = {}
+local at = 8
+for _ = 1, count do
+  if ARGV[at] == 's' then
+    redis.call('HSET', KEYS[8], uidvalidity .. ':' .. ARGV[at + 1], ARGV[at + 2] .. ' ' .. ARGV[at + 3])
+    results[#results + 1] = 'skipped'
+    results[#results + 1] = ''
+    at = at + 4
+  else
+    local uid, sha, header, id = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+    local sortkey, record, summary = ARGV[at + 5], ARGV[at + 6], ARGV[at + 7]
+    local senders = {}
+    local n = tonumber(ARGV[at + 8])
+    for k = 1, n do senders[k] = ARGV[at + 8 + k] end
+    at = at + 9 + n
+    local iocs = {}
+    n = tonumber(ARGV[at])
+    for k = 1, n do iocs[k] = ARGV[at + k] end
+    at = at + 1 + n
+
+    local existing = redis.call('GET', prefix .. 'by-sha:' .. sha)
+    local by_header = false
+    if not existing and header ~= '' then
+      existing = redis.call('GET', prefix .. 'by-hdr:' .. header)
+      by_header = existing and true or false
+    end
+    local known_sortkey = existing and redis.call('HGET', prefix .. 'msg:' .. existing, 'sortkey')
+    local status
+    if existing and known_sortkey then
+      id, sortkey, status = existing, known_sortkey, 'known'
+      if by_header then
+        -- A re-rendered copy: its bytes now find the record directly.
+        redis.call('SET', prefix .. 'by-sha:' .. sha, id)
+      end
+    else
+      redis.call('HSET', prefix .. 'msg:' .. id, 'record', record, 'summary', summary, 'sortkey', sortkey, 'sha256', sha)
+      redis.call('SET', prefix .. 'by-sha:' .. sha, id)
+      if header ~= '' then
+        redis.call('SET', prefix .. 'by-hdr:' .. header, id)
+      end
+      redis.call('ZADD', KEYS[4], 0, sortkey)
+      zadd_all(KEYS[6], senders)
+      zadd_all(KEYS[7], iocs)
+      redis.call('XADD', KEYS[3], '*', 'id', id, 'sortkey', sortkey, 'sha256', sha, 'ingested_at', now,
+        'senders', table.concat(senders, '\n'), 'iocs', table.concat(iocs, '\n'))
+      status = 'new'
+    end
+    local added = redis.call('HSETNX', prefix .. 'loc:' .. id, folder .. '\0' .. uidvalidity .. '\0' .. uid, sha .. '\0' .. now)
+    if added == 1 and status == 'known' then
+      status = 'location'
+      redis.call('ZADD', KEYS[5], 0, folder .. '\0' .. sortkey)
+    elseif status == 'new' then
+      redis.call('ZADD', KEYS[5], 0, folder .. '\0' .. sortkey)
+    end
+    results[#results + 1] = status
+    results[#results + 1] = id
+  end
+end
+
+if checkpoint_uid ~= '' then
+  local current = redis.call('HMGET', KEYS[2], 'uidvalidity', 'last_uid')
+  local ahead = current[1] == uidvalidity and current[2] and tonumber(current[2]) >= tonumber(checkpoint_uid)
+  if not ahead then
+    redis.call('HSET', KEYS[2], 'uidvalidity', uidvalidity, 'last_uid', checkpoint_uid, 'updated_at', now)
+  end
+end
+local checkpoint = redis.call('HMGET', KEYS[2], 'uidvalidity', 'last_uid')
+return {'ok', checkpoint[1] or '', checkpoint[2] or '', results}
+";
