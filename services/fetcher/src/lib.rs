@@ -4,10 +4,12 @@
 //! [`run`] serves it on a listener until the shutdown token is cancelled; `main.rs` only
 //! loads the configuration and calls it, and tests call it directly.
 
+pub mod broker;
 pub mod config;
 pub mod connections;
 pub mod grpc;
 pub mod imap;
+pub mod sync;
 
 pub use config::Config;
 

@@ -1,0 +1,365 @@
+//! Syncing one (source, folder) as DESIGN §4 lays it out, on a logged-in session and under
+//! a held lease:
+//!
+//! 1. `EXAMINE` the folder (never `SELECT` unless an action after processing needs it):
+//!    UIDVALIDITY, UIDNEXT.
+//! 2. Compare with the checkpoint (uidvalidity, last_uid). A changed UIDVALIDITY starts
+//!    again from UID 1; the store's identity (content hash, and Message-ID + Date + From)
+//!    keeps that from duplicating anything (case BR-06).
+//! 3. `UID FETCH last+1:* (UID RFC822.SIZE)`, then bodies in batches bounded by count and
+//!    bytes with `BODY.PEEK[]` under a hard byte cap; oversized messages are recorded as
+//!    skipped with their size, not fetched.
+//! 4. Each batch is parsed and written together with the new checkpoint in one atomic
+//!    step that checks the lease's fencing token, so a crash anywhere loses nothing and
+//!    duplicates nothing, and a fetcher that lost its lease commits nothing.
+
+use std::time::Duration;
+
+use threatmail_source::SourceId;
+use threatmail_store::{BatchItem, Fence, IncomingMessage, Lease, Store, StoreError, WriteBatch};
+
+use crate::imap::fetch::{Announced, Body, announced_since, bodies};
+use crate::imap::select_folder::{Access, open};
+use crate::imap::{ImapError, Session};
+
+/// Batch and size limits of a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncLimits {
+    /// Messages per body fetch and per atomic write.
+    pub batch_messages: usize,
+    /// Announced bytes per body fetch.
+    pub batch_bytes: u64,
+    /// Messages larger than this are recorded as skipped, never fetched.
+    pub max_message_bytes: u64,
+    /// Every IMAP command's timeout.
+    pub command_timeout: Duration,
+    /// How long a lease is taken or renewed for.
+    pub lease_ttl: Duration,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        Self {
+            batch_messages: 50,
+            batch_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 50 * 1024 * 1024,
+            command_timeout: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Errors of a folder sync.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The IMAP session failed; the sync resumes from the last committed UID.
+    #[error("failed to sync folder {folder:?} of source {source_id}")]
+    Imap {
+        source_id: String,
+        folder: String,
+        #[source]
+        source: ImapError,
+    },
+    /// The lease was lost (expired or taken over): nothing more is written.
+    #[error("lost the lease of folder {folder:?} of source {source_id}; another fetcher has it")]
+    LeaseLost { source_id: String, folder: String },
+    /// The store failed.
+    #[error("failed to store folder {folder:?} of source {source_id}")]
+    Store {
+        source_id: String,
+        folder: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// UIDVALIDITY of the folder.
+    pub uidvalidity: u32,
+    /// The checkpoint's last UID after the sync.
+    pub last_uid: u32,
+    /// New records.
+    pub stored: usize,
+    /// Known records seen at a new place.
+    pub locations_added: usize,
+    /// Already known at this place.
+    pub already_stored: usize,
+    /// Recorded as skipped (over the size limit).
+    pub skipped: usize,
+    /// Whether UIDVALIDITY changed since the checkpoint.
+    pub uidvalidity_changed: bool,
+}
+
+/// What a folder sync works with: the session's server and mailbox, the store, the
+/// source and the limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncContext<'a> {
+    /// `host:port`, for messages.
+    pub server: &'a str,
+    /// The mailbox logged in to.
+    pub user: &'a str,
+    /// Where records and checkpoints go.
+    pub store: &'a Store,
+    /// The source.
+    pub source_id: &'a SourceId,
+    /// EXAMINE, or SELECT when an action after processing changes the mailbox.
+    pub access: Access,
+    /// Batches, sizes, timeouts.
+    pub limits: &'a SyncLimits,
+}
+
+/// Syncs `folder` (its raw name) on `session`, holding `lease`.
+#[tracing::instrument(skip_all, fields(source_id = %context.source_id.as_str(), folder = %folder))]
+pub async fn sync_folder(
+    session: &mut Session,
+    context: SyncContext<'_>,
+    folder: &str,
+    lease: &Lease,
+) -> Result<SyncReport, SyncError> {
+    let SyncContext {
+        server,
+        user,
+        store,
+        source_id,
+        access,
+        limits,
+    } = context;
+    let imap = |source| SyncError::Imap {
+        source_id: source_id.as_str().to_owned(),
+        folder: folder.to_owned(),
+        source,
+    };
+    let stored = |source| store_error(source_id, folder, source);
+    let state = open(
+        session,
+        server,
+        user,
+        folder,
+        access,
+        limits.command_timeout,
+    )
+    .await
+    .map_err(imap)?;
+    let checkpoint = store.checkpoint(source_id, folder).await.map_err(stored)?;
+    let uidvalidity_changed = checkpoint.is_some_and(|c| c.uidvalidity != state.uidvalidity);
+    let last_uid = match checkpoint {
+        Some(c) if c.uidvalidity == state.uidvalidity => c.last_uid,
+        _ => 0,
+    };
+    let mut report = SyncReport {
+        uidvalidity: state.uidvalidity,
+        last_uid,
+        uidvalidity_changed,
+        ..SyncReport::default()
+    };
+    if uidvalidity_changed {
+        tracing::warn!(
+            old = checkpoint.map(|c| c.uidvalidity),
+            new = state.uidvalidity,
+            "uidvalidity changed; resyncing the folder from the start"
+        );
+    }
+    // UIDNEXT says there is nothing new: no FETCH at all.
+    if state
+        .uidnext
+        .is_some_and(|next| next <= last_uid.saturating_add(1))
+        || state.exists == 0
+    {
+        return Ok(report);
+    }
+    let announced = announced_since(
+        session,
+        server,
+        user,
+        last_uid.saturating_add(1),
+        limits.command_timeout,
+    )
+    .await
+    .map_err(imap)?;
+    for batch in batches(&announced, limits) {
+        let wanted: Vec<u32> = batch
+            .iter()
+            .filter(|m| m.size <= limits.max_message_bytes)
+            .map(|m| m.uid)
+            .collect();
+        let fetched = bodies(
+            session,
+            server,
+            user,
+            &wanted,
+            limits.max_message_bytes,
+            limits.command_timeout,
+        )
+        .await
+        .map_err(imap)?;
+        let mut items = Vec::with_capacity(batch.len());
+        let mut fetched = fetched.into_iter().peekable();
+        for message in batch {
+            if message.size > limits.max_message_bytes {
+                items.push(skipped(message.uid, message.size, limits.max_message_bytes));
+                continue;
+            }
+            match fetched.next_if(|(uid, _)| *uid == message.uid) {
+                Some((uid, Body::Complete(raw))) => {
+                    // Parsing is CPU work bounded by the parser's own limits; it runs off
+                    // the async threads so sessions and lease renewal stay responsive.
+                    let incoming =
+                        tokio::task::spawn_blocking(move || IncomingMessage::parse(uid, raw))
+                            .await
+                            .map_err(|error| {
+                                stored(StoreError::InvalidArgument {
+                                    field: "message",
+                                    problem: format!("parser task failed: {error}"),
+                                })
+                            })?;
+                    items.push(BatchItem::Message(Box::new(incoming)));
+                }
+                Some((uid, Body::OverCap)) => {
+                    items.push(skipped(uid, message.size, limits.max_message_bytes))
+                }
+                // Expunged between the two FETCHes: nothing to store, and the checkpoint
+                // may pass it.
+                None => {}
+            }
+        }
+        let checkpoint_uid = batch.last().map(|m| m.uid);
+        let outcome = store
+            .write(&WriteBatch {
+                source_id: source_id.clone(),
+                folder: folder.to_owned(),
+                uidvalidity: state.uidvalidity,
+                fence: Fence::Token(lease.token),
+                items,
+                checkpoint_uid,
+            })
+            .await
+            .map_err(stored)?;
+        for item in &outcome.items {
+            match item {
+                threatmail_store::ItemOutcome::Stored(_) => report.stored += 1,
+                threatmail_store::ItemOutcome::LocationAdded(_) => report.locations_added += 1,
+                threatmail_store::ItemOutcome::AlreadyStored(_) => report.already_stored += 1,
+                threatmail_store::ItemOutcome::Skipped { .. } => report.skipped += 1,
+            }
+        }
+        if let Some(checkpoint) = outcome.checkpoint {
+            report.last_uid = checkpoint.last_uid;
+        }
+        if !store
+            .renew_lease(lease, limits.lease_ttl)
+            .await
+            .map_err(stored)?
+        {
+            return Err(SyncError::LeaseLost {
+                source_id: source_id.as_str().to_owned(),
+                folder: folder.to_owned(),
+            });
+        }
+    }
+    tracing::info!(
+        stored = report.stored,
+        locations_added = report.locations_added,
+        skipped = report.skipped,
+        last_uid = report.last_uid,
+        "folder synced"
+    );
+    Ok(report)
+}
+
+fn skipped(uid: u32, size: u64, limit: u64) -> BatchItem {
+    BatchItem::Skipped {
+        uid,
+        size,
+        reason: format!("over the {limit}-byte message size limit"),
+    }
+}
+
+fn store_error(source_id: &SourceId, folder: &str, source: StoreError) -> SyncError {
+    if matches!(source, StoreError::StaleFence { .. }) {
+        SyncError::LeaseLost {
+            source_id: source_id.as_str().to_owned(),
+            folder: folder.to_owned(),
+        }
+    } else {
+        SyncError::Store {
+            source_id: source_id.as_str().to_owned(),
+            folder: folder.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Splits announced messages into batches of at most `batch_messages` messages and
+/// `batch_bytes` announced bytes (a single larger message is a batch of its own).
+fn batches<'a>(announced: &'a [Announced], limits: &SyncLimits) -> Vec<&'a [Announced]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (index, message) in announced.iter().enumerate() {
+        let counted = if message.size > limits.max_message_bytes {
+            0
+        } else {
+            message.size
+        };
+        let full = index - start >= limits.batch_messages.max(1)
+            || (index > start && bytes.saturating_add(counted) > limits.batch_bytes);
+        if full {
+            out.push(&announced[start..index]);
+            start = index;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(counted);
+    }
+    if start < announced.len() {
+        out.push(&announced[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announced(sizes: &[u64]) -> Vec<Announced> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| Announced {
+                uid: i as u32 + 1,
+                size: *size,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_respect_count_and_bytes() {
+        let limits = SyncLimits {
+            batch_messages: 3,
+            batch_bytes: 100,
+            max_message_bytes: 1000,
+            ..SyncLimits::default()
+        };
+        let lens = |sizes: &[u64]| {
+            let a = announced(sizes);
+            batches(&a, &limits)
+                .iter()
+                .map(|b| b.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lens(&[10, 10, 10, 10, 10, 10, 10]), [3, 3, 1]);
+        assert_eq!(lens(&[60, 60, 60]), [1, 1, 1]);
+        assert_eq!(
+            lens(&[500, 10]),
+            [1, 1],
+            "a large message is a batch of its own"
+        );
+        assert_eq!(
+            lens(&[5000, 10, 10]),
+            [3],
+            "oversized ones are skipped, not counted"
+        );
+        assert_eq!(lens(&[]), Vec::<usize>::new());
+    }
+}
