@@ -32,6 +32,9 @@ use tonic_health::pb::health_client::HealthClient;
 /// gRPC connections the callers share (round-robin), like a few fetcher processes.
 const CHANNELS: usize = 4;
 
+/// The size of the token handed out, for the report.
+static TOKEN_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 struct Args {
     seconds: u64,
     callers: usize,
@@ -109,6 +112,7 @@ async fn start_server() -> anyhow::Result<Server> {
     let redis = RedisServer::start()?;
     let tenant = TenantHandle::new(TenantFixture::everything_right());
     let entra = EntraStandIn::start(&ca, tenant.clone()).await?;
+    // `everything_right` always has one tenant with one app holding one secret.
     let (tenant_id, client_id, secret) = tenant.read(|f| {
         let app = f.primary_app().expect("the fixture has an app");
         (
@@ -234,6 +238,10 @@ async fn measure(
                         if reply.access_token.is_empty() {
                             anyhow::bail!("an empty token");
                         }
+                        TOKEN_BYTES.store(
+                            reply.access_token.len(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                     }
                 }
                 latencies.push(began.elapsed());
@@ -330,11 +338,12 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "token_broker: {} callers over {CHANNELS} connections, {} s per round, {} rounds, release={}",
+        "token_broker: {} callers over {CHANNELS} connections, {} s per round, {} rounds, release={}, token {} bytes",
         args.callers,
         args.seconds,
         args.rounds,
-        !cfg!(debug_assertions)
+        !cfg!(debug_assertions),
+        TOKEN_BYTES.load(std::sync::atomic::Ordering::Relaxed)
     );
     println!("| round | call | calls | calls/s | p50 | p99 | throughput vs ceiling |");
     println!("|---|---|---|---|---|---|---|");
