@@ -35,6 +35,8 @@ struct Case {
     stages: [&'static str; 3],
     /// Texts the problems and the checklist must contain.
     says: fn(&Ctx) -> Vec<String>,
+    /// Done to the running stack just before the test (e.g. an Entra fault).
+    before: Option<fn(&Harness)>,
 }
 
 fn as_is(_: &Ctx, _: &mut pb::SourceSpec) {}
@@ -330,6 +332,14 @@ fn cases() -> Vec<Case> {
             ..base_copy()
         },
         Case {
+            name: "Entra answers 503: about Entra, not the form",
+            before: Some(|harness| harness.stack.entra.controls().fail_next(1, 503, None)),
+            ok: false,
+            problems: &["entra.unavailable"],
+            stages: TOKEN_FAILED,
+            ..base_copy()
+        },
+        Case {
             name: "password login",
             form: |ctx, spec| password_form(ctx, spec, &ctx.password),
             stages: ["ok", "skipped", "ok"],
@@ -366,6 +376,7 @@ fn base_copy() -> Case {
         warnings: &[],
         stages: OK,
         says: nothing,
+        before: None,
     }
 }
 
@@ -408,6 +419,9 @@ async fn every_setup_step_done_wrong_gets_its_diagnosis() -> anyhow::Result<()> 
         dirty = case.tenant.is_some();
         let mut spec = harness.spec();
         (case.form)(&ctx, &mut spec);
+        if let Some(before) = case.before {
+            before(&harness);
+        }
         let reply = client
             .test_source(pb::TestSourceRequest {
                 spec: Some(spec.clone()),
