@@ -41,6 +41,15 @@ impl Cursor {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0.as_bytes())
     }
 
+    /// The position just after `record`: a list from here goes on with older records.
+    pub fn at(record: &StoredRecord) -> Self {
+        Cursor(crate::write::sort_key(
+            record.sort_ms,
+            &record.source_id,
+            &record.id,
+        ))
+    }
+
     /// Reads a page token.
     pub fn from_token(token: &str) -> Result<Self> {
         let invalid = || StoreError::InvalidArgument {

@@ -1,14 +1,40 @@
-//! The threatmail mailbox service: the read side of the Threat Mailbox.
+//! The threatmail mailbox service: the read side of the Threat Mailbox (DESIGN §2, §6).
 //!
-//! [`run`] serves it on a listener until the shutdown token is cancelled; `main.rs` only
-//! loads the configuration and calls it, and tests call it directly.
+//! - [`grpc`]: the Mailbox API (lists with filters and stable paging, one message, its raw
+//!   bytes, STIX export, the analyst's state) behind the auth layer.
+//! - [`stix`]: STIX 2.1 bundles with TLP 2.0 (and 1.0) markings and deterministic ids.
+//! - [`allow`]: a source's sender allow-list, which exports honour.
+//! - [`config`], [`error`]: settings, and the one error mapping to gRPC.
+//!
+//! The fetchers write records through `threatmail-store` in their own processes; this
+//! service reads them, and drains every source's outbox on a timer so that what a crashed
+//! writer left reaches the event stream. [`run`] serves it on a listener until the shutdown
+//! token is cancelled; `main.rs` only loads the configuration and calls it, and tests call
+//! it directly.
 
+pub mod allow;
 pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod stix;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 pub use config::Config;
-
+use threatmail_auth::{AuthLayer, Authenticator, RedisApiKeys};
+use threatmail_proto::v1::mailbox_server::MailboxServer;
+use threatmail_source::SourceStore;
+use threatmail_store::{BlobStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
+
+/// How long Redis may take to answer at start-up.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest reply (an export bundle) the server sends.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Serves the mailbox service on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -16,8 +42,62 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let services = config.auth.service_credentials()?;
+    let blobs = BlobStore::from_config(&config.blobs)?;
+    let conn = tokio::time::timeout(
+        REDIS_CONNECT_TIMEOUT,
+        redis::Client::open(config.redis_url.as_str())?.get_connection_manager(),
+    )
+    .await
+    .with_context(|| format!("timed out connecting to redis at {}", config.redis_url))?
+    .with_context(|| format!("failed to connect to redis at {}", config.redis_url))?;
+    let store = Store::new(conn.clone(), blobs);
+    let drainer = tokio::spawn(drain_outboxes(
+        store.clone(),
+        config.drain_interval,
+        shutdown.clone(),
+    ));
+    let service = grpc::MailboxService::new(
+        store,
+        SourceStore::new(conn.clone()),
+        config.export.default_tlp,
+        config.export.max_messages,
+    );
+    let authenticator = Authenticator::new(services, Some(Arc::new(RedisApiKeys::new(conn))));
+    let server = MailboxServer::new(service).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = AuthLayer::new(authenticator, grpc::policy()).layer(server);
     tracing::info!(listen = %config.listen, "mailbox starting");
-    threatmail_runtime::serve(threatmail_runtime::grpc_server(), listener, shutdown).await?;
+    let served = threatmail_runtime::serve(
+        threatmail_runtime::grpc_server().add_service(service),
+        listener,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = drainer.await;
+    served?;
     tracing::info!("mailbox stopped");
     Ok(())
+}
+
+/// Drains every source's outbox each `interval` until `shutdown`.
+async fn drain_outboxes(store: Store, interval: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match store.drain_all().await {
+            Ok(report) if report.emitted > 0 => {
+                tracing::info!(
+                    emitted = report.emitted,
+                    "drained outboxes left by earlier writes"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %error, "outbox drain failed; retrying next tick"),
+        }
+    }
 }
