@@ -147,16 +147,7 @@ async fn a_bye_greeting_fails_cleanly() -> anyhow::Result<()> {
 #[tokio::test]
 async fn br07_authenticated_but_not_connected_is_its_own_error() -> anyhow::Result<()> {
     let (endpoint, server) = scripted(|stream| async move {
-        let mut reader = BufReader::new(stream);
-        reader.get_mut().write_all(EXCHANGE_GREETING.as_bytes()).await?;
-        let command = read_line(&mut reader).await?;
-        let tag = command.split(' ').next().unwrap_or_default().to_owned();
-        reader.get_mut().write_all(b"+ \r\n").await?;
-        let _sasl = read_line(&mut reader).await?;
-        reader
-            .get_mut()
-            .write_all(format!("{tag} OK AUTHENTICATE completed.\r\n").as_bytes())
-            .await?;
+        let mut reader = accept_login(stream).await?;
         let list = read_line(&mut reader).await?;
         anyhow::ensure!(list.contains("LIST"), "expected LIST, got {list:?}");
         let tag = list.split(' ').next().unwrap_or_default().to_owned();
