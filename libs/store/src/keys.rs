@@ -9,11 +9,10 @@
 //! | `P loc:<id>` | hash | one field per location, `<folder>\0<uidvalidity>\0<uid>` → `<sha256>\0<seen at ms>` |
 //! | `P state:<id>` | hash | the analyst's state (`read`, `starred`, `reviewed`, `comment`, `updated_at`, `updated_by`); the writer never touches it |
 //! | `P by-sha:<sha256>` | string | the id of the record holding a raw rendering with this SHA-256 |
-//! | `P by-hdr:<hash>` | string | the id of the record with this Message-ID + Date + From identity |
 //! | `P index` | zset (lex) | one sort key per record |
 //! | `P folder-index` | zset (lex) | `<folder>\0<sort key>` per location's folder |
-//! | `P sender-index` | zset (lex) | `<address>\0<sort key>` and `@<domain>\0<sort key>` per From/Sender |
-//! | `P ioc-index` | zset (lex) | `<kind>\0<value>\0<sort key>` per indicator |
+//! | `P sender:<address>`, `P sender:@<domain>` | zset (lex) | the sort keys of the records from that From/Sender address or domain |
+//! | `P ioc:<kind>:<value>` | zset (lex) | the sort keys of the records holding that indicator |
 //! | `P checkpoint:<folder>` | hash | `uidvalidity`, `last_uid`, `updated_at` |
 //! | `P lease:<folder>` | string | `<fencing token>:<owner>`, with an expiry: the folder's lease |
 //! | `P fence-seq:<folder>` | string | the last fencing token handed out for the folder |
@@ -27,7 +26,7 @@
 //! |---|---|---|
 //! | `M events` | stream | one `message.stored` event per record |
 //! | `M emitted` | hash | `<source id>/<id>` → the event's stream id: the idempotency marker |
-//! | `M index`, `M sender-index`, `M ioc-index` | zset (lex) | as the per-source ones, over every source |
+//! | `M index`, `M sender:…`, `M ioc:…` | zset (lex) | as the per-source ones, over every source |
 //! | `M sources` | set | the sources that ever wrote, for draining their outboxes |
 //!
 //! A sort key is `<ms:013>|<source id>|<id>`: the message's time in milliseconds (its `Date`,
@@ -69,14 +68,20 @@ pub fn folder_index_key(source: &SourceId) -> String {
     format!("tm:{{{}}}:folder-index", source.as_str())
 }
 
-/// `tm:{<source id>}:sender-index`.
-pub fn sender_index_key(source: &SourceId) -> String {
-    format!("tm:{{{}}}:sender-index", source.as_str())
+/// The index key of a sender term (an address, or `@domain`) in `source`, or across sources.
+pub fn sender_key(source: Option<&SourceId>, term: &str) -> String {
+    match source {
+        Some(source) => format!("tm:{{{}}}:sender:{term}", source.as_str()),
+        None => format!("{GLOBAL_PREFIX}sender:{term}"),
+    }
 }
 
-/// `tm:{<source id>}:ioc-index`.
-pub fn ioc_index_key(source: &SourceId) -> String {
-    format!("tm:{{{}}}:ioc-index", source.as_str())
+/// The index key of an indicator term (`<kind>:<value>`) in `source`, or across sources.
+pub fn ioc_key(source: Option<&SourceId>, term: &str) -> String {
+    match source {
+        Some(source) => format!("tm:{{{}}}:ioc:{term}", source.as_str()),
+        None => format!("{GLOBAL_PREFIX}ioc:{term}"),
+    }
 }
 
 /// `tm:{<source id>}:checkpoint:<folder>`.
@@ -104,20 +109,18 @@ pub fn outbox_key(source: &SourceId) -> String {
     format!("tm:{{{}}}:outbox", source.as_str())
 }
 
+/// The prefix of every cross-source key.
+pub const GLOBAL_PREFIX: &str = "tm:{mailbox}:";
 /// The cross-source event stream.
 pub const EVENTS: &str = "tm:{mailbox}:events";
 /// The cross-source idempotency markers: `<source id>/<id>` → event stream id.
 pub const EMITTED: &str = "tm:{mailbox}:emitted";
 /// The cross-source index of every record.
 pub const GLOBAL_INDEX: &str = "tm:{mailbox}:index";
-/// The cross-source sender index.
-pub const GLOBAL_SENDER_INDEX: &str = "tm:{mailbox}:sender-index";
-/// The cross-source indicator index.
-pub const GLOBAL_IOC_INDEX: &str = "tm:{mailbox}:ioc-index";
 /// The sources that ever wrote.
 pub const SOURCES: &str = "tm:{mailbox}:sources";
 
-/// The separator inside index members (never part of a folder name, address or indicator).
+/// The separator inside folder-index members (never part of a folder name).
 pub const SEP: char = '\0';
 
 #[cfg(test)]
@@ -164,8 +167,8 @@ mod tests {
             state_key(&source, &id),
             index_key(&source),
             folder_index_key(&source),
-            sender_index_key(&source),
-            ioc_index_key(&source),
+            sender_key(Some(&source), "@evil.example"),
+            ioc_key(Some(&source), "url:http://{x}/"),
             checkpoint_key(&source, folder),
             lease_key(&source, folder),
             fence_seq_key(&source, folder),
@@ -179,14 +182,14 @@ mod tests {
         }
         assert_eq!(slot("tm:{src-1}:x"), slot("src-1"));
         for key in [
-            EVENTS,
-            EMITTED,
-            GLOBAL_INDEX,
-            GLOBAL_SENDER_INDEX,
-            GLOBAL_IOC_INDEX,
-            SOURCES,
+            EVENTS.to_owned(),
+            EMITTED.to_owned(),
+            GLOBAL_INDEX.to_owned(),
+            SOURCES.to_owned(),
+            sender_key(None, "a@b.example"),
+            ioc_key(None, "domain:b.example"),
         ] {
-            assert_eq!(slot(key), slot("mailbox"), "{key}");
+            assert_eq!(slot(&key), slot("mailbox"), "{key}");
         }
     }
 }

@@ -5,9 +5,10 @@
 //! then (1) reads entries from the outbox, (2) runs one script on the `{mailbox}` slot that,
 //! per entry, emits the event and adds the index entries unless the idempotency marker
 //! `tm:{mailbox}:emitted[<source>/<id>]` says it was done, setting the marker in the same
-//! step, and (3) deletes the entries from the outbox. A crash after (1) or (2) leaves the
-//! entries in the outbox; the next drain repeats (2), which finds the markers and emits
-//! nothing twice. Every event carries the record's id, which depends only on the message's
+//! step, and (3) deletes the entries from the outbox. A write does (2) and (3) itself for
+//! the records it just added, from what it holds (no read back), so the periodic drain
+//! only has what a crash left. A crash after the commit or after (2) leaves the entries in
+//! the outbox; the next drain repeats (2), which finds the markers and emits nothing twice. Every event carries the record's id, which depends only on the message's
 //! identity, so no message is ever announced under two ids.
 
 use std::collections::HashMap;
@@ -47,18 +48,34 @@ pub struct Event {
 }
 
 struct OutboxEntry {
+    stream_id: String,
     id: String,
     sortkey: String,
     sha256: String,
-    ingested_at: String,
+    ingested_at: i64,
     senders: Vec<String>,
     iocs: Vec<String>,
 }
 
-fn split_members(text: Option<&String>) -> Vec<String> {
+/// One outbox entry to emit: the record and its cross-source index members.
+pub(crate) struct EmitEntry<'a> {
+    /// The entry's id in the source's outbox (deleted once emitted).
+    pub(crate) outbox_id: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) sortkey: &'a str,
+    pub(crate) sha256: &'a str,
+    pub(crate) ingested_at: i64,
+    pub(crate) senders: &'a [String],
+    pub(crate) iocs: &'a [String],
+}
+
+/// The index terms of an outbox field: the source's index keys, one a line, without
+/// `prefix` (the source's `…:sender:` or `…:ioc:`).
+fn terms(text: Option<&String>, prefix: &str) -> Vec<String> {
     text.map(|t| {
         t.split('\n')
-            .filter(|m| !m.is_empty())
+            .filter_map(|key| key.strip_prefix(prefix))
+            .filter(|term| !term.is_empty())
             .map(str::to_owned)
             .collect()
     })
@@ -86,6 +103,7 @@ impl Store {
     /// Moves `source`'s outbox into the event stream and the cross-source indexes, until
     /// the outbox is empty. Safe to run concurrently and to repeat.
     pub async fn drain(&self, source: &SourceId) -> Result<DrainReport> {
+        self.load_scripts().await?;
         let mut report = DrainReport::default();
         let outbox = keys::outbox_key(source);
         loop {
@@ -101,14 +119,18 @@ impl Store {
                 .map_err(redis_error("read the outbox", source.as_str()))?;
             let entries: Vec<OutboxEntry> = stream_entries(&reply)
                 .into_iter()
-                .filter_map(|(_, fields)| {
+                .filter_map(|(stream_id, fields)| {
                     Some(OutboxEntry {
+                        stream_id,
                         id: fields.get("id")?.clone(),
                         sortkey: fields.get("sortkey")?.clone(),
                         sha256: fields.get("sha256").cloned().unwrap_or_default(),
-                        ingested_at: fields.get("ingested_at").cloned().unwrap_or_default(),
-                        senders: split_members(fields.get("senders")),
-                        iocs: split_members(fields.get("iocs")),
+                        ingested_at: fields
+                            .get("ingested_at")
+                            .and_then(|t| t.parse().ok())
+                            .unwrap_or(0),
+                        senders: terms(fields.get("senders"), &keys::sender_key(Some(source), "")),
+                        iocs: terms(fields.get("iocs"), &keys::ioc_key(Some(source), "")),
                     })
                 })
                 .collect();
@@ -116,56 +138,85 @@ impl Store {
             if found == 0 {
                 return Ok(report);
             }
-            if !entries.is_empty() {
-                let mut invocation = self.inner.emit_script.prepare_invoke();
-                invocation
-                    .key(keys::EMITTED)
-                    .key(keys::EVENTS)
-                    .key(keys::GLOBAL_INDEX)
-                    .key(keys::GLOBAL_SENDER_INDEX)
-                    .key(keys::GLOBAL_IOC_INDEX)
-                    .arg(source.as_str())
-                    .arg(entries.len());
-                for entry in &entries {
-                    invocation
-                        .arg(&entry.id)
-                        .arg(&entry.sortkey)
-                        .arg(&entry.sha256)
-                        .arg(&entry.ingested_at)
-                        .arg(entry.senders.len());
-                    for member in &entry.senders {
-                        invocation.arg(member);
-                    }
-                    invocation.arg(entry.iocs.len());
-                    for member in &entry.iocs {
-                        invocation.arg(member);
-                    }
-                }
-                let emitted: Vec<i64> = invocation
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(redis_error("emit events", source.as_str()))?;
-                let new = emitted.iter().filter(|n| **n == 1).count();
-                report.emitted += new;
-                report.repeated += emitted.len() - new;
-            }
-            self.crash_here(CrashPoint::AfterEmit)?;
+            let emit: Vec<EmitEntry<'_>> = entries
+                .iter()
+                .map(|e| EmitEntry {
+                    outbox_id: &e.stream_id,
+                    id: &e.id,
+                    sortkey: &e.sortkey,
+                    sha256: &e.sha256,
+                    ingested_at: e.ingested_at,
+                    senders: &e.senders,
+                    iocs: &e.iocs,
+                })
+                .collect();
+            let emitted = self.emit(source, &emit).await?;
+            report.emitted += emitted;
+            report.repeated += emit.len() - emitted;
             // Entries that do not read (none are written so) are removed too, so they
             // cannot block the outbox.
-            let ids: Vec<String> = value_items(&reply)
+            let unreadable: Vec<String> = value_items(&reply)
                 .iter()
                 .filter_map(|entry| value_items(entry).first().and_then(value_text))
+                .filter(|id| !entries.iter().any(|e| &e.stream_id == id))
                 .collect();
-            let _: i64 = redis::cmd("XDEL")
-                .arg(&outbox)
-                .arg(&ids)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error("trim the outbox", source.as_str()))?;
+            if !unreadable.is_empty() {
+                tracing::warn!(source_id = %source, count = unreadable.len(), "removing unreadable outbox entries");
+                let _: i64 = redis::cmd("XDEL")
+                    .arg(&outbox)
+                    .arg(&unreadable)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error("trim the outbox", source.as_str()))?;
+            }
             if found < DRAIN_BATCH {
                 return Ok(report);
             }
         }
+    }
+
+    /// Emits `entries` (each at most once ever, by its idempotency marker), then deletes
+    /// them from `source`'s outbox; returns how many were emitted now.
+    pub(crate) async fn emit(&self, source: &SourceId, entries: &[EmitEntry<'_>]) -> Result<usize> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.inner.emit_script.prepare_invoke();
+        invocation
+            .key(keys::EMITTED)
+            .key(keys::EVENTS)
+            .key(keys::GLOBAL_INDEX)
+            .arg(source.as_str())
+            .arg(entries.len());
+        for entry in entries {
+            invocation
+                .arg(entry.id)
+                .arg(entry.sortkey)
+                .arg(entry.sha256)
+                .arg(entry.ingested_at)
+                .arg(entry.senders.len());
+            for term in entry.senders {
+                invocation.arg(keys::sender_key(None, term));
+            }
+            invocation.arg(entry.iocs.len());
+            for term in entry.iocs {
+                invocation.arg(keys::ioc_key(None, term));
+            }
+        }
+        let mut conn = self.conn.clone();
+        let emitted: Vec<i64> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error("emit events", source.as_str()))?;
+        self.crash_here(CrashPoint::AfterEmit)?;
+        let ids: Vec<&str> = entries.iter().map(|e| e.outbox_id).collect();
+        let _: i64 = redis::cmd("XDEL")
+            .arg(keys::outbox_key(source))
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("trim the outbox", source.as_str()))?;
+        Ok(emitted.iter().filter(|n| **n == 1).count())
     }
 
     /// Drains every known source's outbox; returns the total and the first error (after
@@ -234,27 +285,14 @@ impl Store {
     }
 }
 
-/// `KEYS`: 1 emitted markers, 2 event stream, 3 index, 4 sender index, 5 indicator index.
-/// `ARGV`: 1 source id, 2 entry count, then per entry `id sortkey sha256 ingested_at <n>
-/// sender-members… <n> indicator-members…`. Returns 1 per entry emitted now, 0 per entry
-/// emitted before.
+/// `KEYS`: 1 emitted markers, 2 event stream, 3 index. `ARGV`: 1 source id, 2 entry count,
+/// then per entry `id sortkey sha256 ingested_at <n> sender-index-keys… <n>
+/// indicator-index-keys…` (the cross-source ones, `tm:{mailbox}:sender:…` and
+/// `tm:{mailbox}:ioc:…`, in the same slot as the declared keys). Returns 1 per entry
+/// emitted now, 0 per entry emitted before.
 pub(crate) const EMIT_SCRIPT: &str = r"
 local source, count = ARGV[1], tonumber(ARGV[2])
-
-local function zadd_all(key, members)
-  local args = {}
-  for n = 1, #members do
-    args[#args + 1] = 0
-    args[#args + 1] = members[n]
-    if #args >= 1000 then
-      redis.call('ZADD', key, unpack(args))
-      args = {}
-    end
-  end
-  if #args > 0 then
-    redis.call('ZADD', key, unpack(args))
-  end
-end
+-- Scores are passed as strings: a Lua number would be formatted with printf on every call.
 
 local out = {}
 local at = 3
@@ -276,9 +314,13 @@ for _ = 1, count do
     local event = redis.call('XADD', KEYS[2], '*', 'type', 'message.stored', 'message', marker,
       'source_id', source, 'id', id, 'sha256', sha, 'ingested_at', ingested)
     redis.call('HSET', KEYS[1], marker, event)
-    redis.call('ZADD', KEYS[3], 0, sortkey)
-    zadd_all(KEYS[4], senders)
-    zadd_all(KEYS[5], iocs)
+    redis.call('ZADD', KEYS[3], '0', sortkey)
+    for k = 1, #senders do
+      redis.call('ZADD', senders[k], '0', sortkey)
+    end
+    for k = 1, #iocs do
+      redis.call('ZADD', iocs[k], '0', sortkey)
+    end
     out[#out + 1] = 1
   end
 end

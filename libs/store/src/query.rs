@@ -24,7 +24,7 @@ use crate::record::{
 };
 use crate::state::state_from_fields;
 use crate::store::{Store, value_items, value_text};
-use crate::write::kind_name;
+use crate::write::ioc_term;
 
 /// The most records one list call looks at.
 pub const MAX_SCAN: usize = 5000;
@@ -174,10 +174,10 @@ fn sender_term(sender: &str) -> Option<String> {
     }
 }
 
-/// The index a query walks and what it still checks per record.
+/// The indexes a query walks (key, and the prefix its members carry before the sort key)
+/// and what it still checks per record.
 struct Plan {
-    key: String,
-    prefixes: Vec<String>,
+    ranges: Vec<(String, String)>,
     check_folder: Option<String>,
     check_kind: Option<IndicatorKind>,
     check_subject: Option<String>,
@@ -185,42 +185,35 @@ struct Plan {
 
 fn plan(query: &ListQuery) -> Plan {
     let source = query.source.as_ref();
-    let key = |per_source: fn(&SourceId) -> String, global: &str| match source {
-        Some(source) => per_source(source),
-        None => global.to_owned(),
-    };
     let mut check_folder = query.folder.clone();
     let mut check_kind = query.indicator_kind;
-    let (key, prefixes) = if let Some(value) = &query.indicator_value {
+    let ranges = if let Some(value) = &query.indicator_value {
         check_kind = None;
-        let prefixes = indicator_terms(value, query.indicator_kind)
+        indicator_terms(value, query.indicator_kind)
             .into_iter()
-            .map(|(kind, value)| format!("{}{SEP}{value}{SEP}", kind_name(kind)))
-            .collect();
-        (key(keys::ioc_index_key, keys::GLOBAL_IOC_INDEX), prefixes)
+            .map(|(kind, value)| {
+                (
+                    keys::ioc_key(source, &ioc_term(kind, &value)),
+                    String::new(),
+                )
+            })
+            .collect()
     } else if let Some(sender) = &query.sender {
-        let prefixes = sender_term(sender)
-            .map(|term| vec![format!("{term}{SEP}")])
-            .unwrap_or_default();
-        (
-            key(keys::sender_index_key, keys::GLOBAL_SENDER_INDEX),
-            prefixes,
-        )
+        sender_term(sender)
+            .map(|term| vec![(keys::sender_key(source, &term), String::new())])
+            .unwrap_or_default()
     } else if let (Some(source), Some(folder)) = (source, &query.folder) {
         check_folder = None;
-        (
-            keys::folder_index_key(source),
-            vec![format!("{folder}{SEP}")],
-        )
+        vec![(keys::folder_index_key(source), format!("{folder}{SEP}"))]
     } else {
-        (
-            key(keys::index_key, keys::GLOBAL_INDEX),
-            vec![String::new()],
-        )
+        let key = match source {
+            Some(source) => keys::index_key(source),
+            None => keys::GLOBAL_INDEX.to_owned(),
+        };
+        vec![(key, String::new())]
     };
     Plan {
-        key,
-        prefixes,
+        ranges,
         check_folder,
         check_kind,
         check_subject: query
@@ -277,6 +270,29 @@ fn passes(
         }
     }
     true
+}
+
+/// Copies the bodies of `from` (a fresh parse) into `into` (the stored record), attached
+/// messages matched by MIME part.
+fn restore_bodies(
+    into: &mut threatmail_parse::MessageRecord,
+    from: &threatmail_parse::MessageRecord,
+) {
+    into.text_bodies = from.text_bodies.clone();
+    into.html_bodies = from.html_bodies.clone();
+    for attachment in &mut into.attachments {
+        let Some(nested) = attachment.message.as_deref_mut() else {
+            continue;
+        };
+        if let Some(source) = from
+            .attachments
+            .iter()
+            .find(|a| a.part == attachment.part)
+            .and_then(|a| a.message.as_deref())
+        {
+            restore_bodies(nested, source);
+        }
+    }
 }
 
 /// The `record` and `summary` fields, the `loc:` hash and the `state:` hash of a message.
@@ -356,6 +372,31 @@ impl Store {
         }))
     }
 
+    /// [`get`](Self::get), with the bodies decoded again from the raw blob (the record in
+    /// Redis has none, see [`StoredRecord::parsed`]). Without the blob, the bodies stay
+    /// empty and `Ok` is still returned; the caller can tell by `raw_missing`.
+    pub async fn get_with_bodies(
+        &self,
+        message: &MessageRef,
+    ) -> Result<Option<(StoredMessage, bool)>> {
+        let Some(mut stored) = self.get(message).await? else {
+            return Ok(None);
+        };
+        let Some(raw) = self.blobs.get(&stored.record.sha256).await? else {
+            return Ok(Some((stored, true)));
+        };
+        // Parsing is CPU work on a whole message; keep it off the async threads.
+        let reparsed = tokio::task::spawn_blocking(move || threatmail_parse::parse_message(&raw))
+            .await
+            .map_err(|error| StoreError::Corrupt {
+                what: "message bodies",
+                source_id: message.source_id.to_string(),
+                problem: format!("decoding failed: {error}"),
+            })?;
+        restore_bodies(&mut stored.record.parsed.message, &reparsed.message);
+        Ok(Some((stored, false)))
+    }
+
     /// The number of records of `source`.
     pub async fn count(&self, source: &SourceId) -> Result<usize> {
         let mut conn = self.conn.clone();
@@ -383,7 +424,7 @@ impl Store {
             });
         }
         let plan = plan(query);
-        if plan.prefixes.is_empty() {
+        if plan.ranges.is_empty() {
             return Ok(ListPage {
                 items: Vec::new(),
                 next: None,
@@ -443,7 +484,7 @@ impl Store {
         batch: usize,
     ) -> Result<(Vec<String>, bool)> {
         let mut pipe = redis::pipe();
-        for prefix in &plan.prefixes {
+        for (key, prefix) in &plan.ranges {
             let mut upper = query.until_ms.map(pad);
             if let Some(cursor) = cursor
                 && upper.as_ref().is_none_or(|u| cursor.0 < *u)
@@ -462,7 +503,7 @@ impl Store {
                 (None, false) => format!("[{prefix}"),
             };
             pipe.cmd("ZRANGE")
-                .arg(&plan.key)
+                .arg(key)
                 .arg(max)
                 .arg(min)
                 .arg("BYLEX")
@@ -480,7 +521,7 @@ impl Store {
         // below the highest such cut another list may be missing members.
         let mut cut: Option<String> = None;
         let mut merged: Vec<String> = Vec::new();
-        for (prefix, list) in plan.prefixes.iter().zip(&lists) {
+        for ((_, prefix), list) in plan.ranges.iter().zip(&lists) {
             let keys: Vec<String> = list
                 .iter()
                 .filter_map(|member| {

@@ -112,8 +112,23 @@ pub struct StoredRecord {
     /// The time it is sorted and filtered by (Unix ms): its `Date`, or `ingested_at_ms`
     /// when it has none or a later one.
     pub sort_ms: i64,
-    /// The parse result.
+    /// The parse result, without the decoded bodies (see [`strip_bodies`]): those are the raw
+    /// message's, and [`Store::get_with_bodies`](crate::Store::get_with_bodies) decodes them
+    /// again from the blob.
     pub parsed: ParsedMessage,
+}
+
+/// Removes the decoded text and HTML bodies from `record` and every attached message in
+/// it. They are most of a parse result's size and already in the raw blob; keeping them out
+/// of Redis keeps each write's script small.
+pub fn strip_bodies(record: &mut threatmail_parse::MessageRecord) {
+    record.text_bodies.clear();
+    record.html_bodies.clear();
+    for attachment in &mut record.attachments {
+        if let Some(nested) = attachment.message.as_deref_mut() {
+            strip_bodies(nested);
+        }
+    }
 }
 
 /// What a list shows of a record, stored beside it so listing never reads the record.

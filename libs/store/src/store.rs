@@ -38,6 +38,9 @@ pub(crate) struct Inner {
     pub(crate) write_script: redis::Script,
     pub(crate) emit_script: redis::Script,
     pub(crate) lease_script: redis::Script,
+    /// Whether this handle loaded its scripts into Redis (`SCRIPT LOAD`), so calls go as
+    /// `EVALSHA` without a first `NOSCRIPT` round trip carrying the whole batch twice.
+    scripts_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -60,6 +63,7 @@ impl Store {
                 write_script: redis::Script::new(crate::write::WRITE_SCRIPT),
                 emit_script: redis::Script::new(crate::outbox::EMIT_SCRIPT),
                 lease_script: redis::Script::new(crate::lease::LEASE_SCRIPT),
+                scripts_loaded: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -117,6 +121,29 @@ impl Store {
         if let Ok(mut set) = self.inner.known_sources.lock() {
             set.insert(source.clone());
         }
+        Ok(())
+    }
+
+    /// Loads the scripts into Redis once per handle. (A Redis that restarts later loses
+    /// them; a call then falls back to `EVAL` and reloads, as redis-rs does.)
+    pub async fn load_scripts(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.inner.scripts_loaded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        for script in [
+            &self.inner.write_script,
+            &self.inner.emit_script,
+            &self.inner.lease_script,
+        ] {
+            let _: String = script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(redis_error("load scripts", "mailbox"))?;
+        }
+        self.inner.scripts_loaded.store(true, Ordering::Release);
         Ok(())
     }
 

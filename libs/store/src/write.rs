@@ -1,7 +1,8 @@
 //! The write path: a batch of one folder's messages and the folder's checkpoint, committed
 //! in one script over the source's slot, checked against the folder lease's fencing token.
 //!
-//! For each message the script looks its identity up (`by-sha`, then `by-hdr`): a known
+//! For each message the script looks its identity up (`by-sha`, then the record the
+//! identity's id names, which a re-rendered copy computes the same way): a known
 //! message gets only a new location (or nothing, if that location is known too); a new one
 //! gets its record, its index entries and an outbox entry. Then the checkpoint advances.
 //! Either all of it happens or none (a script runs atomically), so a crash anywhere loses
@@ -15,7 +16,8 @@ use threatmail_source::SourceId;
 
 use crate::error::{Result, StoreError, redis_error};
 use crate::identity::{self, Identity};
-use crate::keys::{self, SEP};
+use crate::keys;
+use crate::outbox::EmitEntry;
 use crate::record::{MessageId, MessageRef, RECORD_SCHEMA, StoredRecord, summarise};
 use crate::store::{CrashPoint, Store, value_items, value_text};
 use crate::time::now_ms;
@@ -133,22 +135,24 @@ pub struct WriteOutcome {
     pub items: Vec<ItemOutcome>,
     /// The folder's checkpoint after the write.
     pub checkpoint: Option<Checkpoint>,
-    /// Events put in the stream by the drain that followed, or why it did not run to the
-    /// end (the periodic drain finishes it; nothing is lost).
+    /// Events the write put in the stream right after committing (one per new record), or
+    /// why it could not (the periodic drain finishes it; nothing is lost).
     pub drained: std::result::Result<usize, String>,
 }
+
+/// Per item outcomes, the checkpoint, and per item the outbox entry it added (new records).
+type WriteReply = (Vec<ItemOutcome>, Option<Checkpoint>, Vec<Option<String>>);
 
 /// A message ready for the script.
 struct Prepared {
     uid: u32,
     sha256: String,
-    header: Option<String>,
     id: MessageId,
     sortkey: String,
     record_json: String,
     summary_json: String,
-    sender_members: Vec<String>,
-    ioc_members: Vec<String>,
+    sender_terms: Vec<String>,
+    ioc_terms: Vec<String>,
 }
 
 /// `threatmail_parse`'s serde name of a kind (`url`, `domain`, `ipv4`, …).
@@ -186,7 +190,13 @@ pub(crate) fn sort_key(sort_ms: i64, source: &SourceId, id: &MessageId) -> Strin
     )
 }
 
-/// Whether `text` can be part of an index member (no separator, no line break).
+/// The index term of an indicator: `<kind>:<value>`.
+pub(crate) fn ioc_term(kind: IndicatorKind, value: &str) -> String {
+    format!("{}:{value}", kind_name(kind))
+}
+
+/// Whether `text` can be part of an index key (no line break, which separates terms in
+/// the outbox, nor other control characters).
 fn indexable(text: &str) -> bool {
     !text.is_empty() && !text.chars().any(char::is_control)
 }
@@ -197,10 +207,10 @@ fn prepare(source: &SourceId, message: &IncomingMessage, now: i64) -> Prepared {
     let sort_ms = identity::sort_ms(&message.parsed.message, now);
     let sortkey = sort_key(sort_ms, source, &id);
     let senders = identity::senders(&message.parsed.message);
-    let mut sender_members: Vec<String> = Vec::new();
+    let mut sender_terms: Vec<String> = Vec::new();
     let mut domains: Vec<&str> = Vec::new();
     for address in senders.iter().filter(|a| indexable(a)) {
-        sender_members.push(format!("{address}{SEP}{sortkey}"));
+        sender_terms.push(address.clone());
         if let Some((_, domain)) = address.rsplit_once('@')
             && !domain.is_empty()
             && !domains.contains(&domain)
@@ -209,15 +219,17 @@ fn prepare(source: &SourceId, message: &IncomingMessage, now: i64) -> Prepared {
         }
     }
     for domain in domains {
-        sender_members.push(format!("@{domain}{SEP}{sortkey}"));
+        sender_terms.push(format!("@{domain}"));
     }
-    let ioc_members = message
+    let mut ioc_terms: Vec<String> = message
         .parsed
         .indicators
         .iter()
         .filter(|i| indexable(&i.value))
-        .map(|i| format!("{}{SEP}{}{SEP}{sortkey}", kind_name(i.kind), i.value))
+        .map(|i| ioc_term(i.kind, &i.value))
         .collect();
+    ioc_terms.sort();
+    ioc_terms.dedup();
     let summary = summarise(&message.parsed, senders, &identity.sha256, sort_ms, now);
     let record = StoredRecord {
         schema: RECORD_SCHEMA,
@@ -228,12 +240,15 @@ fn prepare(source: &SourceId, message: &IncomingMessage, now: i64) -> Prepared {
         size: message.raw.len() as u64,
         ingested_at_ms: now,
         sort_ms,
-        parsed: message.parsed.clone(),
+        parsed: {
+            let mut parsed = message.parsed.clone();
+            crate::record::strip_bodies(&mut parsed.message);
+            parsed
+        },
     };
     Prepared {
         uid: message.uid,
         sha256: identity.sha256,
-        header: identity.header,
         id,
         sortkey,
         // Plain data (strings, numbers, enums) serialises without failing.
@@ -241,8 +256,8 @@ fn prepare(source: &SourceId, message: &IncomingMessage, now: i64) -> Prepared {
             .unwrap_or_else(|_| unreachable!("a record serialises")),
         summary_json: serde_json::to_string(&summary)
             .unwrap_or_else(|_| unreachable!("a summary serialises")),
-        sender_members,
-        ioc_members,
+        sender_terms,
+        ioc_terms,
     }
 }
 
@@ -256,6 +271,7 @@ impl Store {
     pub async fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome> {
         let source = &batch.source_id;
         self.remember_source(source).await?;
+        self.load_scripts().await?;
         let now = now_ms();
         let prepared: Vec<Option<Prepared>> = batch
             .items
@@ -282,8 +298,6 @@ impl Store {
             .key(keys::outbox_key(source))
             .key(keys::index_key(source))
             .key(keys::folder_index_key(source))
-            .key(keys::sender_index_key(source))
-            .key(keys::ioc_index_key(source))
             .key(keys::skipped_key(source, &batch.folder))
             .arg(keys::source_prefix(source))
             .arg(&batch.folder)
@@ -307,18 +321,17 @@ impl Store {
                         .arg("m")
                         .arg(p.uid)
                         .arg(&p.sha256)
-                        .arg(p.header.as_deref().unwrap_or(""))
                         .arg(p.id.as_str())
                         .arg(&p.sortkey)
                         .arg(&p.record_json)
                         .arg(&p.summary_json)
-                        .arg(p.sender_members.len());
-                    for member in &p.sender_members {
-                        invocation.arg(member);
+                        .arg(p.sender_terms.len());
+                    for term in &p.sender_terms {
+                        invocation.arg(keys::sender_key(Some(source), term));
                     }
-                    invocation.arg(p.ioc_members.len());
-                    for member in &p.ioc_members {
-                        invocation.arg(member);
+                    invocation.arg(p.ioc_terms.len());
+                    for term in &p.ioc_terms {
+                        invocation.arg(keys::ioc_key(Some(source), term));
                     }
                 }
                 (BatchItem::Skipped { uid, size, reason }, None) => {
@@ -336,28 +349,42 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error("write a batch", source.as_str()))?;
-        let outcome = self.read_write_reply(batch, &reply)?;
+        let (items, checkpoint, outbox_ids) = self.read_write_reply(batch, &reply)?;
         self.crash_here(CrashPoint::AfterCommit)?;
-        let drained = match self.drain(source).await {
-            Ok(report) => Ok(report.emitted),
+        // The new records' outbox entries go on at once, from what is at hand; whatever
+        // this step does not finish stays in the outbox for the periodic drain.
+        let entries: Vec<EmitEntry<'_>> = outbox_ids
+            .iter()
+            .zip(&prepared)
+            .filter_map(|(outbox_id, p)| {
+                let (outbox_id, p) = (outbox_id.as_deref()?, p.as_ref()?);
+                Some(EmitEntry {
+                    outbox_id,
+                    id: p.id.as_str(),
+                    sortkey: &p.sortkey,
+                    sha256: &p.sha256,
+                    ingested_at: now,
+                    senders: &p.sender_terms,
+                    iocs: &p.ioc_terms,
+                })
+            })
+            .collect();
+        let drained = match self.emit(source, &entries).await {
+            Ok(emitted) => Ok(emitted),
             Err(StoreError::InjectedCrash(point)) => return Err(StoreError::InjectedCrash(point)),
             Err(error) => {
-                tracing::warn!(error = %error, "outbox drain after write failed; the periodic drain retries");
+                tracing::warn!(error = %error, "emitting after the write failed; the periodic drain retries");
                 Err(error.to_string())
             }
         };
         Ok(WriteOutcome {
-            items: outcome.0,
-            checkpoint: outcome.1,
+            items,
+            checkpoint,
             drained,
         })
     }
 
-    fn read_write_reply(
-        &self,
-        batch: &WriteBatch,
-        reply: &redis::Value,
-    ) -> Result<(Vec<ItemOutcome>, Option<Checkpoint>)> {
+    fn read_write_reply(&self, batch: &WriteBatch, reply: &redis::Value) -> Result<WriteReply> {
         let source = &batch.source_id;
         let corrupt = |problem: String| StoreError::Corrupt {
             what: "write reply",
@@ -402,15 +429,17 @@ impl Store {
             _ => None,
         };
         let results = parts.get(3).map(value_items).unwrap_or_default();
-        if results.len() != batch.items.len() * 2 {
+        if results.len() != batch.items.len() * 3 {
             return Err(corrupt(format!(
                 "{} results for {} items",
-                results.len() / 2,
+                results.len() / 3,
                 batch.items.len()
             )));
         }
         let mut items = Vec::with_capacity(batch.items.len());
-        for (pair, item) in results.chunks(2).zip(&batch.items) {
+        let mut outbox_ids = Vec::with_capacity(batch.items.len());
+        for (pair, item) in results.chunks(3).zip(&batch.items) {
+            outbox_ids.push(value_text(&pair[2]).filter(|id| !id.is_empty()));
             let status = value_text(&pair[0]).unwrap_or_default();
             let outcome = match (status.as_str(), item) {
                 ("skipped", BatchItem::Skipped { uid, .. }) => ItemOutcome::Skipped { uid: *uid },
@@ -433,7 +462,7 @@ impl Store {
             };
             items.push(outcome);
         }
-        Ok((items, checkpoint))
+        Ok((items, checkpoint, outbox_ids))
     }
 
     /// The checkpoint of `folder`, if one was written.
@@ -485,18 +514,20 @@ impl Store {
     }
 }
 
-/// `KEYS`: 1 lease, 2 checkpoint, 3 outbox, 4 index, 5 folder index, 6 sender index,
-/// 7 indicator index, 8 skipped. `ARGV`: 1 key prefix `tm:{<source>}:`, 2 folder,
-/// 3 uidvalidity, 4 checkpoint UID or '', 5 fencing token or '', 6 now (ms), 7 item count,
-/// then per item either `s uid size reason` or `m uid sha256 header-identity id sortkey
-/// record summary <n> sender-members… <n> indicator-members…`.
+/// `KEYS`: 1 lease, 2 checkpoint, 3 outbox, 4 index, 5 folder index, 6 skipped. `ARGV`:
+/// 1 key prefix `tm:{<source>}:`, 2 folder, 3 uidvalidity, 4 checkpoint UID or '',
+/// 5 fencing token or '', 6 now (ms), 7 item count, then per item either
+/// `s uid size reason` or `m uid sha256 id sortkey record summary <n> sender-index-keys…
+/// <n> indicator-index-keys…`. Returns `{'stale', held}` or
+/// `{'ok', uidvalidity, last_uid, {status, id, outbox id}…}`.
 ///
-/// Per-message keys (`msg:`, `loc:`, `by-sha:`, `by-hdr:`) are built from the prefix: they
-/// carry the same hash tag as every declared key, so they are in the same slot.
+/// Per-message keys (`msg:`, `loc:`, `by-sha:`, and the `sender:` and `ioc:` keys the client
+/// passes) carry the source's hash tag like every declared key, so they are in its slot.
 pub(crate) const WRITE_SCRIPT: &str = r"
 local prefix, folder, uidvalidity = ARGV[1], ARGV[2], ARGV[3]
 local checkpoint_uid, fence, now = ARGV[4], ARGV[5], ARGV[6]
 local count = tonumber(ARGV[7])
+-- Scores are passed as strings: a Lua number would be formatted with printf on every call.
 
 if fence ~= '' then
   local held = redis.call('GET', KEYS[1])
@@ -506,77 +537,64 @@ if fence ~= '' then
   end
 end
 
-local function zadd_all(key, members)
-  local args = {}
-  for n = 1, #members do
-    args[#args + 1] = 0
-    args[#args + 1] = members[n]
-    if #args >= 1000 then
-      redis.call('ZADD', key, unpack(args))
-      args = {}
-    end
-  end
-  if #args > 0 then
-    redis.call('ZADD', key, unpack(args))
-  end
-end
-
 local results = {}
 local at = 8
 for _ = 1, count do
   if ARGV[at] == 's' then
-    redis.call('HSET', KEYS[8], uidvalidity .. ':' .. ARGV[at + 1], ARGV[at + 2] .. ' ' .. ARGV[at + 3])
+    redis.call('HSET', KEYS[6], uidvalidity .. ':' .. ARGV[at + 1], ARGV[at + 2] .. ' ' .. ARGV[at + 3])
     results[#results + 1] = 'skipped'
+    results[#results + 1] = ''
     results[#results + 1] = ''
     at = at + 4
   else
-    local uid, sha, header, id = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-    local sortkey, record, summary = ARGV[at + 5], ARGV[at + 6], ARGV[at + 7]
+    local uid, sha, id = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+    local sortkey, record, summary = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
     local senders = {}
-    local n = tonumber(ARGV[at + 8])
-    for k = 1, n do senders[k] = ARGV[at + 8 + k] end
-    at = at + 9 + n
+    local n = tonumber(ARGV[at + 7])
+    for k = 1, n do senders[k] = ARGV[at + 7 + k] end
+    at = at + 8 + n
     local iocs = {}
     n = tonumber(ARGV[at])
     for k = 1, n do iocs[k] = ARGV[at + k] end
     at = at + 1 + n
 
+    -- The record id derives from the identity (the header identity when there is one), so
+    -- a re-rendered copy computes the id of the existing record; by-sha finds records
+    -- whose id was computed otherwise (an earlier parser version).
     local existing = redis.call('GET', prefix .. 'by-sha:' .. sha)
-    local by_header = false
-    if not existing and header ~= '' then
-      existing = redis.call('GET', prefix .. 'by-hdr:' .. header)
-      by_header = existing and true or false
-    end
-    local known_sortkey = existing and redis.call('HGET', prefix .. 'msg:' .. existing, 'sortkey')
+    local known_sortkey = redis.call('HGET', prefix .. 'msg:' .. (existing or id), 'sortkey')
     local status
-    if existing and known_sortkey then
-      id, sortkey, status = existing, known_sortkey, 'known'
-      if by_header then
+    local outbox_id = ''
+    if known_sortkey then
+      if not existing then
         -- A re-rendered copy: its bytes now find the record directly.
         redis.call('SET', prefix .. 'by-sha:' .. sha, id)
       end
+      id, sortkey, status = existing or id, known_sortkey, 'known'
     else
       redis.call('HSET', prefix .. 'msg:' .. id, 'record', record, 'summary', summary, 'sortkey', sortkey, 'sha256', sha)
       redis.call('SET', prefix .. 'by-sha:' .. sha, id)
-      if header ~= '' then
-        redis.call('SET', prefix .. 'by-hdr:' .. header, id)
+      redis.call('ZADD', KEYS[4], '0', sortkey)
+      for k = 1, #senders do
+        redis.call('ZADD', senders[k], '0', sortkey)
       end
-      redis.call('ZADD', KEYS[4], 0, sortkey)
-      zadd_all(KEYS[6], senders)
-      zadd_all(KEYS[7], iocs)
-      redis.call('XADD', KEYS[3], '*', 'id', id, 'sortkey', sortkey, 'sha256', sha, 'ingested_at', now,
+      for k = 1, #iocs do
+        redis.call('ZADD', iocs[k], '0', sortkey)
+      end
+      outbox_id = redis.call('XADD', KEYS[3], '*', 'id', id, 'sortkey', sortkey, 'sha256', sha, 'ingested_at', now,
         'senders', table.concat(senders, '\n'), 'iocs', table.concat(iocs, '\n'))
       status = 'new'
     end
     local added = redis.call('HSETNX', prefix .. 'loc:' .. id, folder .. '\0' .. uidvalidity .. '\0' .. uid, sha .. '\0' .. now)
     if added == 1 and status == 'known' then
       status = 'location'
-      redis.call('ZADD', KEYS[5], 0, folder .. '\0' .. sortkey)
+      redis.call('ZADD', KEYS[5], '0', folder .. '\0' .. sortkey)
     elseif status == 'new' then
-      redis.call('ZADD', KEYS[5], 0, folder .. '\0' .. sortkey)
+      redis.call('ZADD', KEYS[5], '0', folder .. '\0' .. sortkey)
     end
     results[#results + 1] = status
     results[#results + 1] = id
+    results[#results + 1] = outbox_id
   end
 end
 

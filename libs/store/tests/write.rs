@@ -169,7 +169,7 @@ async fn a_crash_between_the_atomic_step_and_the_outbox_loses_no_event_and_repea
                 "Tue, 30 Apr 2024 10:00:00 +0000",
                 "attacker@evil.example",
                 &format!("invoice {n}"),
-                &format!("pay at http://pay-{n}.evil.example/"),
+                &format!("pay at http://pay-{n}.evil.example.com/"),
             )
         })
         .collect();
@@ -231,6 +231,35 @@ async fn a_crash_between_the_atomic_step_and_the_outbox_loses_no_event_and_repea
     for (message, ids) in &events {
         assert_eq!(ids.len(), 1, "{message} announced {} times", ids.len());
     }
+    // What the drain emitted (message 1's write crashed before emitting) is in the
+    // cross-source indexes too.
+    let found = restarted
+        .list(&threatmail_store::ListQuery {
+            indicator_value: Some("http://pay-1.evil.example.com/".into()),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await?;
+    let first = MessageRef {
+        source_id: src.clone(),
+        id: Identity::of(&messages[0].raw, &messages[0].parsed.message).message_id(&src),
+    };
+    assert_eq!(
+        found
+            .items
+            .iter()
+            .map(|i| i.message.clone())
+            .collect::<Vec<_>>(),
+        vec![first]
+    );
+    let by_sender = restarted
+        .list(&threatmail_store::ListQuery {
+            sender: Some("attacker@evil.example".into()),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(by_sender.items.len(), expected.len());
     // Draining again changes nothing.
     let report = restarted.drain_all().await?;
     assert_eq!(report.emitted, 0);

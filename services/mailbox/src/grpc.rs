@@ -463,8 +463,26 @@ impl Mailbox for MailboxService {
         &self,
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let stored = self.fetch(&request.get_ref().id).await?;
-        Ok(Response::new(message_pb(&stored)))
+        let id = &request.get_ref().id;
+        let message = message_ref(id)?;
+        let (stored, raw_missing) = self
+            .store
+            .get_with_bodies(&message)
+            .await
+            .map_err(MailboxError::from)?
+            .ok_or_else(|| MailboxError::NotFound { id: id.clone() })?;
+        let mut reply = message_pb(&stored);
+        if raw_missing {
+            reply.warnings.push(pb::ParseWarning {
+                kind: "raw message missing".to_owned(),
+                part: String::new(),
+                detail: format!(
+                    "blob {} is not in the blob store; bodies cannot be shown",
+                    stored.record.sha256
+                ),
+            });
+        }
+        Ok(Response::new(reply))
     }
 
     type GetRawStream = RawStream;
