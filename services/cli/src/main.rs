@@ -22,6 +22,8 @@ enum Command {
     Corpus(commands::corpus::CorpusArgs),
     /// Run services in this process: `--target all` runs every one (monolithic mode).
     Serve(commands::serve::ServeArgs),
+    /// The Threat Mailbox from the mailbox service: list, show, raw, export --stix.
+    Mailbox(commands::mailbox::MailboxArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Command::Parse(args) => commands::parse::run(args),
         Command::Corpus(args) => commands::corpus::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Mailbox(args) => commands::mailbox::run(args),
     };
     match outcome {
         Ok(code) => code,

@@ -1,0 +1,632 @@
+//! `threatmail mailbox list|show|raw|export --stix`: the Threat Mailbox from the mailbox
+//! service, with an API key (View Threat Mailbox).
+//!
+//! The service address comes from `--url` or `TM_MAILBOX_URL` (default
+//! `http://127.0.0.1:50054`), the API key from `--api-key-file`, `TM_API_KEY` or `--api-key`
+//! (visible to other users in the process list; prefer the file). These variables do not
+//! start with `THREATMAIL_`, which services read as their own settings.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use threatmail_auth::CredentialInterceptor;
+use threatmail_proto::v1 as pb;
+use threatmail_proto::v1::mailbox_client::MailboxClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Client = MailboxClient<InterceptedService<Channel, CredentialInterceptor>>;
+
+/// Arguments of `threatmail mailbox`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MailboxArgs {
+    /// The mailbox service.
+    #[arg(long, env = "TM_MAILBOX_URL", default_value = "http://127.0.0.1:50054")]
+    url: String,
+    /// A file holding the API key.
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// The API key (prefer --api-key-file or TM_API_KEY: arguments are visible to others).
+    #[arg(long, env = "TM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    // Boxed: the filters make the subcommand large, and `Command` holds every command's
+    // arguments inline.
+    #[command(subcommand)]
+    command: Box<MailboxCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum MailboxCommand {
+    /// List messages, newest first.
+    List {
+        #[command(flatten)]
+        filters: Filters,
+        /// At most this many (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message: headers, where it was seen, indicators and where they were found,
+    /// attachments, warnings, text.
+    Show {
+        /// `<source id>/<message id>`, as `list` prints it.
+        id: String,
+        /// The whole message as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a message's raw bytes (to stdout, or a file).
+    Raw {
+        /// `<source id>/<message id>`.
+        id: String,
+        /// Write here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Export a selection.
+    Export {
+        /// As a STIX 2.1 bundle (the only format so far).
+        #[arg(long, required = true)]
+        stix: bool,
+        #[command(flatten)]
+        filters: Filters,
+        /// Reports per request (0: the service's limit); all pages are merged into one bundle.
+        #[arg(long, default_value_t = 0)]
+        page: u32,
+        /// Write here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// The filters of `list` and `export`; every one given must match.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct Filters {
+    /// Only this source.
+    #[arg(long)]
+    source: Option<String>,
+    /// Only messages seen in this folder (its raw IMAP name).
+    #[arg(long)]
+    folder: Option<String>,
+    /// From this time on: RFC 3339 (`2024-05-01T00:00:00Z`), a date (`2024-05-01`) or Unix seconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time (same forms).
+    #[arg(long)]
+    until: Option<String>,
+    /// From or Sender: an address, or a domain (`@corp.example`).
+    #[arg(long)]
+    sender: Option<String>,
+    /// Holds this indicator (defanged forms work: `hxxp://x[.]com`).
+    #[arg(long)]
+    indicator: Option<String>,
+    /// Holds an indicator of this type (url, domain, ipv4, ipv6, cidr, email, md5, sha1,
+    /// sha256, sha512, cve).
+    #[arg(long = "type")]
+    indicator_type: Option<String>,
+    /// Subject contains this text.
+    #[arg(long)]
+    subject: Option<String>,
+}
+
+/// Unix seconds of `text`: Unix seconds, RFC 3339, or a date (midnight UTC).
+fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    threatmail_store::time::parse_rfc3339_ms(&full)
+        .map(|ms| ms.div_euclid(1000))
+        .with_context(|| {
+            format!("--{flag} {text:?}: expected Unix seconds, 2024-05-01 or 2024-05-01T10:00:00Z")
+        })
+}
+
+impl Filters {
+    fn request(&self) -> anyhow::Result<pb::ListMessagesRequest> {
+        let text = |value: &Option<String>| value.clone().unwrap_or_default();
+        Ok(pb::ListMessagesRequest {
+            source_id: text(&self.source),
+            folder: text(&self.folder),
+            since: self
+                .since
+                .as_deref()
+                .map(|t| parse_time("since", t))
+                .transpose()?
+                .unwrap_or(0),
+            until: self
+                .until
+                .as_deref()
+                .map(|t| parse_time("until", t))
+                .transpose()?
+                .unwrap_or(0),
+            sender: text(&self.sender),
+            indicator_value: text(&self.indicator),
+            indicator_type: text(&self.indicator_type),
+            subject_contains: text(&self.subject),
+            page_size: 0,
+            page_token: String::new(),
+        })
+    }
+}
+
+/// A failed RPC as one line: code, message, reason.
+fn rpc_error(what: &str, status: tonic::Status) -> anyhow::Error {
+    let reason = status
+        .metadata()
+        .get("threatmail-reason")
+        .and_then(|v| v.to_str().ok())
+        .map(|r| format!(" [{r}]"))
+        .unwrap_or_default();
+    anyhow::anyhow!("{what}: {:?}: {}{reason}", status.code(), status.message())
+}
+
+async fn connect(args: &MailboxArgs) -> anyhow::Result<Client> {
+    let key = match (&args.api_key_file, &args.api_key) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read the API key file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, Some(key)) => key.trim().to_owned(),
+        (None, None) => anyhow::bail!(
+            "an API key is needed: --api-key-file FILE or TM_API_KEY (an admin makes one with the View Threat Mailbox role)"
+        ),
+    };
+    let interceptor = CredentialInterceptor::bearer(&key)
+        .map_err(|_| anyhow::anyhow!("the API key is not printable ASCII"))?;
+    let channel = tonic::transport::Endpoint::from_shared(args.url.clone())
+        .with_context(|| format!("--url {:?} is not a URL", args.url))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(300))
+        .connect()
+        .await
+        .with_context(|| format!("failed to connect to the mailbox service at {}", args.url))?;
+    Ok(MailboxClient::with_interceptor(channel, interceptor).max_decoding_message_size(256 << 20))
+}
+
+fn summary_json(m: &pb::MessageSummary) -> Value {
+    json!({
+        "id": m.id,
+        "source_id": m.source_id,
+        "date": m.date,
+        "ingested_at": m.ingested_at,
+        "from": m.from,
+        "subject": m.subject,
+        "folders": m.folders,
+        "indicator_count": m.indicator_count,
+        "indicator_types": m.indicator_types,
+        "tlp": m.tlp,
+        "size": m.size,
+        "attachment_count": m.attachment_count,
+        "warning_count": m.warning_count,
+        "sha256": m.sha256,
+        "state": m.state.as_ref().map(|s| json!({
+            "read": s.read, "starred": s.starred, "reviewed": s.reviewed,
+            "comment": s.comment, "updated_at": s.updated_at, "updated_by": s.updated_by,
+        })),
+    })
+}
+
+fn when(seconds: i64) -> String {
+    let text = threatmail_store::time::format_rfc3339_ms(seconds.saturating_mul(1000));
+    // `2024-05-01T10:00:00.000Z` → `2024-05-01 10:00`
+    format!("{} {}", &text[..10], &text[11..16])
+}
+
+fn one_line(text: &str, width: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > width {
+        let cut: String = flat.chars().take(width.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
+}
+
+async fn list(
+    client: &mut Client,
+    filters: &Filters,
+    limit: usize,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let mut request = filters.request()?;
+    request.page_size = if limit == 0 {
+        1000
+    } else {
+        limit.min(1000) as u32
+    };
+    let mut out = std::io::stdout().lock();
+    let mut printed = 0usize;
+    if !as_json {
+        writeln!(
+            out,
+            "{:<52} {:<16} {:>4}  {:<28} SUBJECT",
+            "ID", "DATE (UTC)", "IOCS", "FROM"
+        )?;
+    }
+    loop {
+        let reply = client
+            .list_messages(request.clone())
+            .await
+            .map_err(|s| rpc_error("ListMessages failed", s))?
+            .into_inner();
+        for message in &reply.messages {
+            if limit != 0 && printed == limit {
+                return Ok(());
+            }
+            if as_json {
+                writeln!(out, "{}", summary_json(message))?;
+            } else {
+                let mark = match &message.state {
+                    Some(s) if s.starred => "*",
+                    Some(s) if s.reviewed => "✓",
+                    _ => " ",
+                };
+                writeln!(
+                    out,
+                    "{:<52} {:<16} {:>4}  {:<28} {mark}{}",
+                    message.id,
+                    when(message.date),
+                    message.indicator_count,
+                    one_line(&message.from, 28),
+                    one_line(&message.subject, 80)
+                )?;
+            }
+            printed += 1;
+        }
+        if reply.next_page_token.is_empty() {
+            return Ok(());
+        }
+        request.page_token = reply.next_page_token;
+    }
+}
+
+fn addresses(list: &[pb::MailAddress]) -> String {
+    list.iter()
+        .map(|a| match (a.name.is_empty(), a.address.is_empty()) {
+            (false, false) => format!("{} <{}>", a.name, a.address),
+            (true, _) => a.address.clone(),
+            (false, true) => a.name.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn message_json(m: &pb::Message) -> Value {
+    let addrs = |list: &[pb::MailAddress]| -> Value {
+        list.iter()
+            .map(|a| json!({ "name": a.name, "address": a.address }))
+            .collect()
+    };
+    json!({
+        "summary": m.summary.as_ref().map(summary_json),
+        "message_id": m.message_id,
+        "date": m.date,
+        "from": addrs(&m.from),
+        "sender": addrs(&m.sender),
+        "reply_to": addrs(&m.reply_to),
+        "return_path": m.return_path,
+        "to": addrs(&m.to),
+        "cc": addrs(&m.cc),
+        "structure": m.structure,
+        "locations": m.locations.iter().map(|l| json!({
+            "folder": l.folder, "uidvalidity": l.uidvalidity, "uid": l.uid,
+            "sha256": l.sha256, "seen_at": l.seen_at,
+        })).collect::<Vec<_>>(),
+        "indicators": m.indicators.iter().map(|i| json!({
+            "type": i.r#type, "value": i.value, "unicode": i.unicode, "defanged": i.defanged,
+            "occurrences": i.occurrences,
+            "locations": i.locations.iter().map(|l| json!({
+                "depth": l.depth, "part": l.part, "source": l.source, "detail": l.detail,
+                "defanged": l.defanged, "derived_from": l.derived_from,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "attachments": m.attachments.iter().map(|a| json!({
+            "part": a.part, "depth": a.depth, "file_name": a.file_name,
+            "content_type": a.content_type, "disposition": a.disposition, "size": a.size,
+            "md5": a.md5, "sha1": a.sha1, "sha256": a.sha256,
+            "nested_subject": a.nested_subject, "nested_from": a.nested_from,
+            "nested_message_id": a.nested_message_id,
+        })).collect::<Vec<_>>(),
+        "link_mismatches": m.link_mismatches.iter().map(|l| json!({ "href": l.href, "text": l.text })).collect::<Vec<_>>(),
+        "warnings": m.warnings.iter().map(|w| json!({ "kind": w.kind, "part": w.part, "detail": w.detail })).collect::<Vec<_>>(),
+        "text_bodies": m.text_bodies.iter().map(|b| json!({
+            "part": b.part, "content_type": b.content_type, "charset": b.charset, "text": b.text,
+        })).collect::<Vec<_>>(),
+        "html_bodies": m.html_bodies.iter().map(|b| json!({
+            "part": b.part, "content_type": b.content_type, "charset": b.charset, "text": b.text,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn show_text(m: &pb::Message) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let summary = m.summary.clone().unwrap_or_default();
+    writeln!(out, "Id:          {}", summary.id)?;
+    writeln!(out, "Subject:     {}", summary.subject)?;
+    writeln!(out, "From:        {}", addresses(&m.from))?;
+    for (label, list) in [
+        ("Sender:", &m.sender),
+        ("Reply-To:", &m.reply_to),
+        ("To:", &m.to),
+        ("Cc:", &m.cc),
+    ] {
+        if !list.is_empty() {
+            writeln!(out, "{label:<12} {}", addresses(list))?;
+        }
+    }
+    if !m.return_path.is_empty() {
+        writeln!(out, "Return-Path: {}", m.return_path)?;
+    }
+    writeln!(out, "Date:        {}", m.date)?;
+    writeln!(out, "Message-ID:  {}", m.message_id)?;
+    if !summary.tlp.is_empty() {
+        writeln!(out, "TLP:         {}", summary.tlp)?;
+    }
+    writeln!(out, "Structure:   {}", m.structure)?;
+    writeln!(
+        out,
+        "Raw:         {} bytes, sha256 {}",
+        summary.size, summary.sha256
+    )?;
+    if let Some(state) = &summary.state
+        && (state.read || state.starred || state.reviewed || !state.comment.is_empty())
+    {
+        let flags: Vec<&str> = [
+            (state.read, "read"),
+            (state.starred, "starred"),
+            (state.reviewed, "reviewed"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        writeln!(out, "Analyst:     {} {}", flags.join(", "), state.comment)?;
+    }
+    writeln!(out, "\nSeen in:")?;
+    for l in &m.locations {
+        writeln!(
+            out,
+            "  {} (UIDVALIDITY {}, UID {}) at {}",
+            l.folder,
+            l.uidvalidity,
+            l.uid,
+            when(l.seen_at)
+        )?;
+    }
+    writeln!(out, "\nIndicators ({}):", m.indicators.len())?;
+    for i in &m.indicators {
+        let places: BTreeSet<String> = i
+            .locations
+            .iter()
+            .map(|l| {
+                if l.detail.is_empty() {
+                    l.source.clone()
+                } else {
+                    format!("{}:{}", l.source, l.detail)
+                }
+            })
+            .collect();
+        writeln!(
+            out,
+            "  {:<7} {}{}  [{}]",
+            i.r#type,
+            i.value,
+            if i.defanged { " (defanged)" } else { "" },
+            places.into_iter().collect::<Vec<_>>().join(", ")
+        )?;
+    }
+    if !m.attachments.is_empty() {
+        writeln!(out, "\nAttachments:")?;
+        for a in &m.attachments {
+            writeln!(
+                out,
+                "  {} {} {} bytes sha256 {}",
+                a.part,
+                if a.file_name.is_empty() {
+                    "(no name)"
+                } else {
+                    &a.file_name
+                },
+                a.size,
+                a.sha256
+            )?;
+        }
+    }
+    if !m.link_mismatches.is_empty() {
+        writeln!(out, "\nLinks whose text shows another host:")?;
+        for l in &m.link_mismatches {
+            writeln!(out, "  {:?} → {}", l.text, l.href)?;
+        }
+    }
+    if !m.warnings.is_empty() {
+        writeln!(out, "\nWarnings:")?;
+        for w in &m.warnings {
+            writeln!(out, "  {} {} {}", w.kind, w.part, w.detail)?;
+        }
+    }
+    if !m.text_body.is_empty() {
+        writeln!(out, "\n{}", m.text_body)?;
+    }
+    Ok(())
+}
+
+fn write_output(output: Option<&PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
+    match output {
+        Some(path) => std::fs::write(path, bytes)
+            .with_context(|| format!("failed to write {}", path.display())),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// Every page's bundle merged into one: each object once (by id, first seen), the
+/// first page's bundle id when there was one page, else one derived from all pages'.
+async fn export(
+    client: &mut Client,
+    filters: &Filters,
+    page: u32,
+) -> anyhow::Result<(Value, u32, u32)> {
+    let mut selection = filters.request()?;
+    let mut objects: Vec<Value> = Vec::new();
+    let mut ids: BTreeSet<String> = BTreeSet::new();
+    let mut bundle_ids: Vec<String> = Vec::new();
+    let (mut reports, mut excluded) = (0u32, 0u32);
+    loop {
+        let reply = client
+            .export_stix(pb::ExportStixRequest {
+                selection: Some(selection.clone()),
+                max_messages: page,
+            })
+            .await
+            .map_err(|s| rpc_error("ExportStix failed", s))?
+            .into_inner();
+        let bundle: Value = serde_json::from_str(&reply.bundle_json)
+            .context("the service sent a bundle that is not JSON")?;
+        bundle_ids.push(bundle["id"].as_str().unwrap_or_default().to_owned());
+        for object in bundle["objects"].as_array().into_iter().flatten() {
+            let id = object["id"].as_str().unwrap_or_default().to_owned();
+            if ids.insert(id) {
+                objects.push(object.clone());
+            }
+        }
+        reports += reply.message_count;
+        excluded += reply.excluded_count;
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        selection.page_token = reply.next_page_token;
+    }
+    let id = if bundle_ids.len() == 1 {
+        bundle_ids.remove(0)
+    } else {
+        // A name-based (v5) UUID over the page bundles' ids, in the URL namespace; the
+        // same selection merges to the same id.
+        let name = format!("threatmail-merged-bundle:{}", bundle_ids.join(","));
+        format!("bundle--{}", uuid_v5_url(&name))
+    };
+    Ok((
+        json!({ "type": "bundle", "id": id, "objects": objects }),
+        reports,
+        excluded,
+    ))
+}
+
+/// RFC 4122 UUIDv5 of `name` in the URL namespace.
+fn uuid_v5_url(name: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+}
+
+/// Whether `error` is stdout closed under us (`… | head`), which is not a failure.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+pub(crate) fn run(args: MailboxArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    match runtime.block_on(run_command(args)) {
+        Err(error) if is_broken_pipe(&error) => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+async fn run_command(args: MailboxArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args).await?;
+    match args.command.as_ref() {
+        MailboxCommand::List {
+            filters,
+            limit,
+            json,
+        } => list(&mut client, filters, *limit, *json).await?,
+        MailboxCommand::Show { id, json } => {
+            let message = client
+                .get_message(pb::GetMessageRequest { id: id.clone() })
+                .await
+                .map_err(|s| rpc_error("GetMessage failed", s))?
+                .into_inner();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&message_json(&message))?);
+            } else {
+                show_text(&message)?;
+            }
+        }
+        MailboxCommand::Raw { id, output } => {
+            let mut stream = client
+                .get_raw(pb::GetMessageRequest { id: id.clone() })
+                .await
+                .map_err(|s| rpc_error("GetRaw failed", s))?
+                .into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|s| rpc_error("GetRaw failed", s))?
+            {
+                bytes.extend(chunk.raw);
+            }
+            write_output(output.as_ref(), &bytes)?;
+        }
+        MailboxCommand::Export {
+            stix: _,
+            filters,
+            page,
+            output,
+        } => {
+            let (bundle, reports, excluded) = export(&mut client, filters, *page).await?;
+            let mut text = serde_json::to_vec_pretty(&bundle)?;
+            text.push(b'\n');
+            write_output(output.as_ref(), &text)?;
+            eprintln!(
+                "exported {reports} message(s) as STIX 2.1; {excluded} left out (senders outside their source's allow-list)"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_in_three_forms() {
+        assert_eq!(parse_time("since", "1714550400").ok(), Some(1_714_550_400));
+        assert_eq!(parse_time("since", "2024-05-01").ok(), Some(1_714_521_600));
+        assert_eq!(
+            parse_time("since", "2024-05-01T10:00:00+02:00").ok(),
+            Some(1_714_550_400)
+        );
+        assert!(parse_time("since", "yesterday").is_err());
+    }
+
+    #[test]
+    fn long_text_is_cut_on_one_line() {
+        assert_eq!(one_line("a\r\nb", 10), "a  b");
+        assert_eq!(one_line("abcdef", 4), "abc…");
+    }
+}
