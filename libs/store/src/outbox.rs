@@ -69,19 +69,6 @@ pub(crate) struct EmitEntry<'a> {
     pub(crate) iocs: &'a [String],
 }
 
-/// The index terms of an outbox field: the source's index keys, one a line, without
-/// `prefix` (the source's `…:sender:` or `…:ioc:`).
-fn terms(text: Option<&String>, prefix: &str) -> Vec<String> {
-    text.map(|t| {
-        t.split('\n')
-            .filter_map(|key| key.strip_prefix(prefix))
-            .filter(|term| !term.is_empty())
-            .map(str::to_owned)
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
 /// Reads an `XRANGE` reply: `[[id, [field, value, …]], …]`.
 fn stream_entries(reply: &redis::Value) -> Vec<(String, HashMap<String, String>)> {
     value_items(reply)
@@ -129,8 +116,8 @@ impl Store {
                             .get("ingested_at")
                             .and_then(|t| t.parse().ok())
                             .unwrap_or(0),
-                        senders: terms(fields.get("senders"), &keys::sender_key(Some(source), "")),
-                        iocs: terms(fields.get("iocs"), &keys::ioc_key(Some(source), "")),
+                        senders: Vec::new(),
+                        iocs: Vec::new(),
                     })
                 })
                 .collect();
@@ -138,6 +125,8 @@ impl Store {
             if found == 0 {
                 return Ok(report);
             }
+            let mut entries = entries;
+            self.load_terms(source, &mut entries).await?;
             let emit: Vec<EmitEntry<'_>> = entries
                 .iter()
                 .map(|e| EmitEntry {
@@ -217,6 +206,35 @@ impl Store {
             .await
             .map_err(redis_error("trim the outbox", source.as_str()))?;
         Ok(emitted.iter().filter(|n| **n == 1).count())
+    }
+
+    /// Fills in the index terms of `entries` from their records (a record gone since is
+    /// emitted without them).
+    async fn load_terms(&self, source: &SourceId, entries: &mut [OutboxEntry]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for entry in entries.iter() {
+            let key = format!("{}msg:{}", keys::source_prefix(source), entry.id);
+            pipe.cmd("HMGET").arg(key).arg("record").arg("summary");
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<(Option<String>, Option<String>)> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("read records to drain", source.as_str()))?;
+        for (entry, (record, summary)) in entries.iter_mut().zip(replies) {
+            let record: Option<crate::StoredRecord> =
+                record.and_then(|r| serde_json::from_str(&r).ok());
+            let summary: Option<crate::Summary> =
+                summary.and_then(|s| serde_json::from_str(&s).ok());
+            if let (Some(record), Some(summary)) = (record, summary) {
+                let (senders, iocs) = crate::write::index_terms(&summary.senders, &record.parsed);
+                entry.senders = senders;
+                entry.iocs = iocs;
+            } else {
+                tracing::warn!(source_id = %source, id = %entry.id, "outbox entry without a readable record");
+            }
+        }
+        Ok(())
     }
 
     /// Drains every known source's outbox; returns the total and the first error (after

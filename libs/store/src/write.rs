@@ -201,12 +201,12 @@ fn indexable(text: &str) -> bool {
     !text.is_empty() && !text.chars().any(char::is_control)
 }
 
-fn prepare(source: &SourceId, message: &IncomingMessage, now: i64) -> Prepared {
-    let identity = Identity::of(&message.raw, &message.parsed.message);
-    let id = identity.message_id(source);
-    let sort_ms = identity::sort_ms(&message.parsed.message, now);
-    let sortkey = sort_key(sort_ms, source, &id);
-    let senders = identity::senders(&message.parsed.message);
+/// The index terms of a message: its sender addresses and their `@domain`s, and its
+/// indicators as `<kind>:<value>`.
+pub(crate) fn index_terms(
+    senders: &[String],
+    parsed: &ParsedMessage,
+) -> (Vec<String>, Vec<String>) {
     let mut sender_terms: Vec<String> = Vec::new();
     let mut domains: Vec<&str> = Vec::new();
     for address in senders.iter().filter(|a| indexable(a)) {
@@ -221,8 +221,7 @@ fn prepare(source: &SourceId, message: &IncomingMessage, now: i64) -> Prepared {
     for domain in domains {
         sender_terms.push(format!("@{domain}"));
     }
-    let mut ioc_terms: Vec<String> = message
-        .parsed
+    let mut ioc_terms: Vec<String> = parsed
         .indicators
         .iter()
         .filter(|i| indexable(&i.value))
@@ -230,6 +229,16 @@ fn prepare(source: &SourceId, message: &IncomingMessage, now: i64) -> Prepared {
         .collect();
     ioc_terms.sort();
     ioc_terms.dedup();
+    (sender_terms, ioc_terms)
+}
+
+fn prepare(source: &SourceId, message: &IncomingMessage, now: i64) -> Prepared {
+    let identity = Identity::of(&message.raw, &message.parsed.message);
+    let id = identity.message_id(source);
+    let sort_ms = identity::sort_ms(&message.parsed.message, now);
+    let sortkey = sort_key(sort_ms, source, &id);
+    let senders = identity::senders(&message.parsed.message);
+    let (sender_terms, ioc_terms) = index_terms(&senders, &message.parsed);
     let summary = summarise(&message.parsed, senders, &identity.sha256, sort_ms, now);
     let record = StoredRecord {
         schema: RECORD_SCHEMA,
@@ -581,8 +590,8 @@ for _ = 1, count do
       for k = 1, #iocs do
         redis.call('ZADD', iocs[k], '0', sortkey)
       end
-      outbox_id = redis.call('XADD', KEYS[3], '*', 'id', id, 'sortkey', sortkey, 'sha256', sha, 'ingested_at', now,
-        'senders', table.concat(senders, '\n'), 'iocs', table.concat(iocs, '\n'))
+      -- The entry names the record; a drain after a crash reads the index terms from it.
+      outbox_id = redis.call('XADD', KEYS[3], '*', 'id', id, 'sortkey', sortkey, 'sha256', sha, 'ingested_at', now)
       status = 'new'
     end
     local added = redis.call('HSETNX', prefix .. 'loc:' .. id, folder .. '\0' .. uidvalidity .. '\0' .. uid, sha .. '\0' .. now)
