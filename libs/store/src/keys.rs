@@ -19,8 +19,8 @@
 //! | `P skipped:<folder>` | hash | `<uidvalidity>:<uid>` → `<size> <reason>` for messages not fetched |
 //! | `P outbox` | stream | one entry per new record, until it is in the event stream |
 //!
-//! What spans sources lives under the hash tag `{mailbox}` and is written only from the
-//! outboxes (`M` is `tm:{mailbox}:`):
+//! What spans sources lives under the hash tag `{mailbox}` and is written from the outboxes
+//! (`M` is `tm:{mailbox}:`; `M sources` is added to before a source's first write):
 //!
 //! | key | type | holds |
 //! |---|---|---|

@@ -53,6 +53,10 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// A store on `conn` (cloned per call, as redis-rs intends) and `blobs`.
+    ///
+    /// A reply timeout on `conn` (redis-rs's default is 0.5 s) makes a write that takes
+    /// longer (a large batch queued behind others) fail as unknown; writing the batch again
+    /// is safe, but a writer of large batches should give its connection a longer timeout.
     pub fn new(conn: ConnectionManager, blobs: BlobStore) -> Self {
         Store {
             conn,
