@@ -24,6 +24,11 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// The Threat Mailbox from the mailbox service: list, show, raw, export --stix.
     Mailbox(commands::mailbox::MailboxArgs),
+    /// Email sources in the registry: add (Save and Continue), folders, list, show, status
+    /// [--watch], update, rm, test, secret.
+    Source(commands::source::SourceArgs),
+    /// API keys with roles: create (--bootstrap for the first admin key), list, revoke.
+    Apikey(commands::apikey::ApiKeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +38,8 @@ fn main() -> ExitCode {
         Command::Corpus(args) => commands::corpus::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Mailbox(args) => commands::mailbox::run(args),
+        Command::Source(args) => commands::source::run(args),
+        Command::Apikey(args) => commands::apikey::run(args),
     };
     match outcome {
         Ok(code) => code,

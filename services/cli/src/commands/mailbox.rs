@@ -2,7 +2,7 @@
 //! service, with an API key (View Threat Mailbox).
 //!
 //! The service address comes from `--url` or `TM_MAILBOX_URL` (default
-//! `http://127.0.0.1:50054`), the API key from `--api-key-file`, `TM_API_KEY` or `--api-key`
+//! `http://127.0.0.1:50054`), the API key from `--api-key-file`, `TM_API_KEY_FILE`, `TM_API_KEY` or `--api-key`
 //! (visible to other users in the process list; prefer the file). These variables do not
 //! start with `THREATMAIL_`, which services read as their own settings.
 
@@ -20,6 +20,8 @@ use threatmail_proto::v1::mailbox_client::MailboxClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use super::client::{self, rpc_error};
+
 type Client = MailboxClient<InterceptedService<Channel, CredentialInterceptor>>;
 
 /// Arguments of `threatmail mailbox`.
@@ -29,7 +31,7 @@ pub(crate) struct MailboxArgs {
     #[arg(long, env = "TM_MAILBOX_URL", default_value = "http://127.0.0.1:50054")]
     url: String,
     /// A file holding the API key.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "TM_API_KEY_FILE")]
     api_key_file: Option<PathBuf>,
     /// The API key (prefer --api-key-file or TM_API_KEY: arguments are visible to others).
     #[arg(long, env = "TM_API_KEY", hide_env_values = true)]
@@ -162,30 +164,13 @@ impl Filters {
     }
 }
 
-/// A failed RPC as one line: code, message, reason.
-fn rpc_error(what: &str, status: tonic::Status) -> anyhow::Error {
-    let reason = status
-        .metadata()
-        .get("threatmail-reason")
-        .and_then(|v| v.to_str().ok())
-        .map(|r| format!(" [{r}]"))
-        .unwrap_or_default();
-    anyhow::anyhow!("{what}: {:?}: {}{reason}", status.code(), status.message())
-}
-
 async fn connect(args: &MailboxArgs) -> anyhow::Result<Client> {
-    let key = match (&args.api_key_file, &args.api_key) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .with_context(|| format!("failed to read the API key file {}", path.display()))?
-            .trim()
-            .to_owned(),
-        (None, Some(key)) => key.trim().to_owned(),
-        (None, None) => anyhow::bail!(
-            "an API key is needed: --api-key-file FILE or TM_API_KEY (an admin makes one with the View Threat Mailbox role)"
-        ),
-    };
-    let interceptor = CredentialInterceptor::bearer(&key)
-        .map_err(|_| anyhow::anyhow!("the API key is not printable ASCII"))?;
+    let key = client::api_key(
+        args.api_key_file.as_deref(),
+        args.api_key.as_deref(),
+        "View Threat Mailbox",
+    )?;
+    let interceptor = client::bearer(&key)?;
     let channel = tonic::transport::Endpoint::from_shared(args.url.clone())
         .with_context(|| format!("--url {:?} is not a URL", args.url))?
         .connect_timeout(Duration::from_secs(10))
@@ -263,7 +248,7 @@ async fn list(
         let reply = client
             .list_messages(request.clone())
             .await
-            .map_err(|s| rpc_error("ListMessages failed", s))?
+            .map_err(|s| rpc_error("ListMessages", s))?
             .into_inner();
         for message in &reply.messages {
             if limit != 0 && printed == limit {
@@ -497,7 +482,7 @@ async fn export(
                 max_messages: page,
             })
             .await
-            .map_err(|s| rpc_error("ExportStix failed", s))?
+            .map_err(|s| rpc_error("ExportStix", s))?
             .into_inner();
         let bundle: Value = serde_json::from_str(&reply.bundle_json)
             .context("the service sent a bundle that is not JSON")?;
@@ -535,22 +520,13 @@ fn uuid_v5_url(name: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
 
-/// Whether `error` is stdout closed under us (`… | head`), which is not a failure.
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
-}
-
 pub(crate) fn run(args: MailboxArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
     match runtime.block_on(run_command(args)) {
-        Err(error) if is_broken_pipe(&error) => Ok(ExitCode::SUCCESS),
+        Err(error) if client::is_broken_pipe(&error) => Ok(ExitCode::SUCCESS),
         other => other,
     }
 }
@@ -567,7 +543,7 @@ async fn run_command(args: MailboxArgs) -> anyhow::Result<ExitCode> {
             let message = client
                 .get_message(pb::GetMessageRequest { id: id.clone() })
                 .await
-                .map_err(|s| rpc_error("GetMessage failed", s))?
+                .map_err(|s| rpc_error("GetMessage", s))?
                 .into_inner();
             if *json {
                 println!("{}", serde_json::to_string_pretty(&message_json(&message))?);
@@ -579,14 +555,10 @@ async fn run_command(args: MailboxArgs) -> anyhow::Result<ExitCode> {
             let mut stream = client
                 .get_raw(pb::GetMessageRequest { id: id.clone() })
                 .await
-                .map_err(|s| rpc_error("GetRaw failed", s))?
+                .map_err(|s| rpc_error("GetRaw", s))?
                 .into_inner();
             let mut bytes = Vec::new();
-            while let Some(chunk) = stream
-                .message()
-                .await
-                .map_err(|s| rpc_error("GetRaw failed", s))?
-            {
+            while let Some(chunk) = stream.message().await.map_err(|s| rpc_error("GetRaw", s))? {
                 bytes.extend(chunk.raw);
             }
             write_output(output.as_ref(), &bytes)?;
