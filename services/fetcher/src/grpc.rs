@@ -1,9 +1,11 @@
-//! The fetcher's gRPC API: `ListFolders`, which the registry uses to test a source.
+//! The fetcher's gRPC API: `ListFolders`, which the registry uses to test a source, and
+//! its permission policy.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use threatmail_auth::{Policy, Requirement};
 use threatmail_proto::v1::fetcher_server::Fetcher;
 use threatmail_proto::v1::{self as pb, imap_connection::Auth};
 use tonic::{Request, Response, Status};
@@ -15,6 +17,15 @@ use crate::imap::login::{Credentials, login};
 
 /// The metadata key carrying a failure's machine-readable reason.
 pub const REASON_KEY: &str = "threatmail-reason";
+
+/// The proto name of the service.
+pub const SERVICE: &str = "threatmail.v1.Fetcher";
+
+/// Who may call what: `ListFolders` logs in to a mailbox with what it is given, so only
+/// services (the registry testing a source) may call it, never an API key (DESIGN §2).
+pub fn policy() -> Policy {
+    Policy::new().rpc(SERVICE, "ListFolders", Requirement::Service)
+}
 
 /// Serves the Fetcher API.
 pub struct FetcherService {

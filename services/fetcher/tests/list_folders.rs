@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use threatmail_auth::{CredentialInterceptor, ServiceCredential};
 use threatmail_fetcher::config::{Config, ImapConfig};
 use threatmail_proto::v1::fetcher_client::FetcherClient;
 use threatmail_proto::v1::imap_connection::Auth;
@@ -10,8 +11,17 @@ use threatmail_testkit::stack::LocalStack;
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture, sample_message};
 use tokio_util::sync::CancellationToken;
 
+type Client = FetcherClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        CredentialInterceptor,
+    >,
+>;
+
 struct Fetcher {
-    client: FetcherClient<tonic::transport::Channel>,
+    /// Presents the registry's service credential, which the fetcher allows.
+    client: Client,
+    addr: std::net::SocketAddr,
     shutdown: CancellationToken,
 }
 
@@ -24,7 +34,8 @@ impl Drop for Fetcher {
 async fn start_fetcher(ca_file: Option<std::path::PathBuf>) -> anyhow::Result<Fetcher> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let config = Config {
+    let registry = ServiceCredential::generate("registry")?;
+    let mut config = Config {
         imap: ImapConfig {
             ca_file,
             connect_timeout: Duration::from_secs(10),
@@ -32,13 +43,18 @@ async fn start_fetcher(ca_file: Option<std::path::PathBuf>) -> anyhow::Result<Fe
         },
         ..Config::default()
     };
+    config
+        .auth
+        .services
+        .insert("registry".to_owned(), registry.hash());
     let shutdown = CancellationToken::new();
     tokio::spawn(threatmail_fetcher::run(config, listener, shutdown.clone()));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
     Ok(Fetcher {
-        client: FetcherClient::new(channel),
+        client: FetcherClient::with_interceptor(channel, CredentialInterceptor::new(&registry)?),
+        addr,
         shutdown,
     })
 }
@@ -223,5 +239,56 @@ async fn password_sources_log_in_with_login() -> anyhow::Result<()> {
         .await
         .expect_err("wrong password");
     assert_eq!(reason(&wrong), "imap.authenticate_failed");
+    Ok(())
+}
+
+/// ListFolders logs in with whatever it is given, so only services may call it.
+#[tokio::test]
+async fn only_services_may_list_folders() -> anyhow::Result<()> {
+    let fetcher = start_fetcher(None).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", fetcher.addr))?
+        .connect()
+        .await?;
+    let listing = || request(1, PHISH_MAILBOX, Auth::Password("x".into()));
+
+    let anonymous = FetcherClient::new(channel.clone())
+        .list_folders(listing())
+        .await
+        .expect_err("no credential");
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+    assert_eq!(reason(&anonymous), "auth.unauthenticated");
+
+    // A well-formed credential the fetcher was not told about.
+    let stranger = ServiceCredential::generate("registry")?;
+    let refused =
+        FetcherClient::with_interceptor(channel.clone(), CredentialInterceptor::new(&stranger)?)
+            .list_folders(listing())
+            .await
+            .expect_err("unknown credential");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // An API key is not a service credential, whatever its roles.
+    let api_key = FetcherClient::with_interceptor(
+        channel,
+        CredentialInterceptor::bearer("tmk1.someone.0123456789abcdef")?,
+    )
+    .list_folders(listing())
+    .await
+    .expect_err("api key");
+    assert_eq!(api_key.code(), tonic::Code::Unauthenticated, "{api_key:?}");
+
+    // The allowed service gets through the check to the IMAP attempt (nothing listens on
+    // port 1).
+    let allowed = fetcher
+        .client
+        .clone()
+        .list_folders(listing())
+        .await
+        .expect_err("nothing listens there");
+    assert_eq!(reason(&allowed), "imap.unreachable", "{allowed:?}");
     Ok(())
 }

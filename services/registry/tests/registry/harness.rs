@@ -146,6 +146,11 @@ impl Harness {
         fetcher.imap.ca_file = Some(stack.ca_cert_path());
         fetcher.imap.connect_timeout = Duration::from_secs(10);
         fetcher.imap.command_timeout = Duration::from_secs(10);
+        // ListFolders is for services only: the registry presents its credential.
+        fetcher
+            .auth
+            .services
+            .insert("registry".to_owned(), registry_credential.hash());
         let fetcher_addr = spawn(&mut tasks, &shutdown, |listener, stop| {
             threatmail_fetcher::run(fetcher, listener, stop)
         })
