@@ -1,12 +1,12 @@
-//! `threatmail mailbox list|show|raw|export --stix`: the Threat Mailbox from the mailbox
-//! service, with an API key (View Threat Mailbox).
+//! `threatmail mailbox list|show|raw|summary|export --stix`: the Threat Mailbox from the
+//! mailbox service, with an API key (View Threat Mailbox).
 //!
 //! The service address comes from `--url` or `TM_MAILBOX_URL` (default
-//! `http://127.0.0.1:50054`), the API key from `--api-key-file`, `TM_API_KEY_FILE`, `TM_API_KEY` or `--api-key`
-//! (visible to other users in the process list; prefer the file). These variables do not
-//! start with `THREATMAIL_`, which services read as their own settings.
+//! `http://127.0.0.1:50054`), the API key from `--api-key-file`, `TM_API_KEY_FILE` or
+//! `TM_API_KEY`; never from an argument, which other users see in the process list. These
+//! variables do not start with `THREATMAIL_`, which services read as their own settings.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,9 +33,6 @@ pub(crate) struct MailboxArgs {
     /// A file holding the API key.
     #[arg(long, value_name = "FILE", env = "TM_API_KEY_FILE")]
     api_key_file: Option<PathBuf>,
-    /// The API key (prefer --api-key-file or TM_API_KEY: arguments are visible to others).
-    #[arg(long, env = "TM_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
     // Boxed: the filters make the subcommand large, and `Command` holds every command's
     // arguments inline.
     #[command(subcommand)]
@@ -71,6 +68,18 @@ enum MailboxCommand {
         /// Write here instead of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
+    },
+    /// What the selection holds: messages per folder, indicators per type, the most
+    /// frequent domains, TLP markings.
+    Summary {
+        #[command(flatten)]
+        filters: Filters,
+        /// How many of the most frequent domains to show.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// One JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Export a selection.
     Export {
@@ -165,9 +174,11 @@ impl Filters {
 }
 
 async fn connect(args: &MailboxArgs) -> anyhow::Result<Client> {
+    // The key itself only from the environment: an argument would show in the process list.
+    let inline = std::env::var("TM_API_KEY").ok();
     let key = client::api_key(
         args.api_key_file.as_deref(),
-        args.api_key.as_deref(),
+        inline.as_deref(),
         "View Threat Mailbox",
     )?;
     let interceptor = client::bearer(&key)?;
@@ -516,6 +527,171 @@ async fn export(
 }
 
 /// RFC 4122 UUIDv5 of `name` in the URL namespace.
+/// How many GetMessage calls `summary` keeps in flight.
+const SUMMARY_CONCURRENCY: usize = 8;
+
+/// The totals `threatmail mailbox summary` shows.
+#[derive(Debug, Default)]
+struct Summary {
+    messages: usize,
+    sources: BTreeSet<String>,
+    /// Messages seen in each folder (a message in two folders counts in both).
+    folders: BTreeMap<String, usize>,
+    /// Per indicator type: distinct values and messages holding at least one.
+    types: BTreeMap<String, (BTreeSet<String>, usize)>,
+    /// Messages naming each domain.
+    domains: BTreeMap<String, usize>,
+    tlp: BTreeMap<String, usize>,
+    defanged: usize,
+    link_mismatches: usize,
+    warnings: usize,
+}
+
+impl Summary {
+    fn add(&mut self, message: &pb::Message) {
+        let Some(summary) = &message.summary else {
+            return;
+        };
+        self.messages += 1;
+        self.sources.insert(summary.source_id.clone());
+        let folders: BTreeSet<&str> = message
+            .locations
+            .iter()
+            .map(|l| l.folder.as_str())
+            .collect();
+        for folder in folders {
+            *self.folders.entry(folder.to_owned()).or_default() += 1;
+        }
+        let mut types_here = BTreeSet::new();
+        for indicator in &message.indicators {
+            let (values, _) = self.types.entry(indicator.r#type.clone()).or_default();
+            values.insert(indicator.value.clone());
+            types_here.insert(indicator.r#type.as_str());
+            if indicator.r#type == "domain" {
+                *self.domains.entry(indicator.value.clone()).or_default() += 1;
+            }
+            self.defanged += usize::from(indicator.defanged);
+        }
+        for kind in types_here {
+            if let Some((_, messages)) = self.types.get_mut(kind) {
+                *messages += 1;
+            }
+        }
+        let tlp = if summary.tlp.is_empty() {
+            "none"
+        } else {
+            summary.tlp.as_str()
+        };
+        *self.tlp.entry(tlp.to_owned()).or_default() += 1;
+        self.link_mismatches += message.link_mismatches.len();
+        self.warnings += message.warnings.len();
+    }
+
+    /// The `top` domains named by the most messages (ties by name).
+    fn top_domains(&self, top: usize) -> Vec<(&str, usize)> {
+        let mut domains: Vec<(&str, usize)> =
+            self.domains.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+        domains.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        domains.truncate(top);
+        domains
+    }
+
+    fn to_json(&self, top: usize) -> Value {
+        json!({
+            "messages": self.messages,
+            "sources": self.sources.len(),
+            "folders": self.folders,
+            "indicators": self.types.iter().map(|(kind, (values, messages))| {
+                (kind.clone(), json!({ "distinct": values.len(), "messages": messages }))
+            }).collect::<serde_json::Map<_, _>>(),
+            "top_domains": self.top_domains(top).iter()
+                .map(|(domain, messages)| json!({ "domain": domain, "messages": messages }))
+                .collect::<Vec<_>>(),
+            "tlp": self.tlp,
+            "defanged_indicators": self.defanged,
+            "link_mismatches": self.link_mismatches,
+            "parse_warnings": self.warnings,
+        })
+    }
+
+    fn print(&self, top: usize) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "Threat Mailbox: {} message(s) from {} source(s)",
+            self.messages,
+            self.sources.len()
+        )?;
+        writeln!(out, "\n  {:<32} {:>9}", "FOLDER", "MESSAGES")?;
+        for (folder, n) in &self.folders {
+            writeln!(out, "  {:<32} {n:>9}", one_line(folder, 32))?;
+        }
+        writeln!(
+            out,
+            "\n  {:<10} {:>9} {:>9}",
+            "INDICATOR", "DISTINCT", "MESSAGES"
+        )?;
+        for (kind, (values, messages)) in &self.types {
+            writeln!(out, "  {kind:<10} {:>9} {messages:>9}", values.len())?;
+        }
+        writeln!(out, "\n  {:<48} {:>9}", "MOST FREQUENT DOMAINS", "MESSAGES")?;
+        for (domain, n) in self.top_domains(top) {
+            writeln!(out, "  {:<48} {n:>9}", one_line(domain, 48))?;
+        }
+        let tlp: Vec<String> = self.tlp.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        writeln!(out, "\n  TLP: {}", tlp.join(", "))?;
+        writeln!(
+            out,
+            "  {} indicator(s) were written defanged; {} link(s) show another host than they open; {} parse warning(s)",
+            self.defanged, self.link_mismatches, self.warnings
+        )?;
+        Ok(())
+    }
+}
+
+/// Lists the selection and reads each message (a few at a time) into a [`Summary`].
+async fn summarize(client: &Client, filters: &Filters) -> anyhow::Result<Summary> {
+    let mut request = filters.request()?;
+    request.page_size = 1000;
+    let mut ids = Vec::new();
+    let mut lister = client.clone();
+    loop {
+        let reply = lister
+            .list_messages(request.clone())
+            .await
+            .map_err(|s| rpc_error("ListMessages", s))?
+            .into_inner();
+        ids.extend(reply.messages.into_iter().map(|m| m.id));
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = reply.next_page_token;
+    }
+    let mut summary = Summary::default();
+    let mut pending = tokio::task::JoinSet::new();
+    let mut ids = ids.into_iter();
+    loop {
+        while pending.len() < SUMMARY_CONCURRENCY {
+            let Some(id) = ids.next() else { break };
+            let mut client = client.clone();
+            pending.spawn(async move {
+                client
+                    .get_message(pb::GetMessageRequest { id })
+                    .await
+                    .map(tonic::Response::into_inner)
+            });
+        }
+        let Some(done) = pending.join_next().await else {
+            break;
+        };
+        let message = done
+            .context("a GetMessage task failed")?
+            .map_err(|s| rpc_error("GetMessage", s))?;
+        summary.add(&message);
+    }
+    Ok(summary)
+}
+
 fn uuid_v5_url(name: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
@@ -563,6 +739,14 @@ async fn run_command(args: MailboxArgs) -> anyhow::Result<ExitCode> {
             }
             write_output(output.as_ref(), &bytes)?;
         }
+        MailboxCommand::Summary { filters, top, json } => {
+            let summary = summarize(&client, filters).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&summary.to_json(*top))?);
+            } else {
+                summary.print(*top)?;
+            }
+        }
         MailboxCommand::Export {
             stix: _,
             filters,
@@ -594,6 +778,75 @@ mod tests {
             Some(1_714_550_400)
         );
         assert!(parse_time("since", "yesterday").is_err());
+    }
+
+    fn message(id: &str, folders: &[&str], indicators: &[(&str, &str)], tlp: &str) -> pb::Message {
+        pb::Message {
+            summary: Some(pb::MessageSummary {
+                id: id.to_owned(),
+                source_id: "s1".to_owned(),
+                tlp: tlp.to_owned(),
+                ..Default::default()
+            }),
+            locations: folders
+                .iter()
+                .map(|f| pb::MessageLocation {
+                    folder: (*f).to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            indicators: indicators
+                .iter()
+                .map(|(kind, value)| pb::Indicator {
+                    r#type: (*kind).to_owned(),
+                    value: (*value).to_owned(),
+                    defanged: value.contains("bad"),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_summary_counts_folders_types_and_domains_per_message() {
+        let mut summary = Summary::default();
+        summary.add(&message(
+            "s1/a",
+            &["INBOX", "INBOX", "Phish Reports"],
+            &[
+                ("domain", "bad.example.com"),
+                ("domain", "x.example.net"),
+                ("ipv4", "192.0.2.1"),
+            ],
+            "TLP:AMBER",
+        ));
+        summary.add(&message(
+            "s1/b",
+            &["INBOX"],
+            &[("domain", "bad.example.com")],
+            "",
+        ));
+        assert_eq!(summary.messages, 2);
+        assert_eq!(
+            summary.folders["INBOX"], 2,
+            "a message counts once per folder"
+        );
+        assert_eq!(summary.folders["Phish Reports"], 1);
+        assert_eq!(summary.types["domain"].0.len(), 2);
+        assert_eq!(summary.types["domain"].1, 2);
+        assert_eq!(summary.types["ipv4"].1, 1);
+        assert_eq!(
+            summary.top_domains(1),
+            vec![("bad.example.com", 2)],
+            "the domain of both messages first"
+        );
+        assert_eq!(summary.tlp["TLP:AMBER"], 1);
+        assert_eq!(summary.tlp["none"], 1);
+        assert_eq!(summary.defanged, 2);
+        let json = summary.to_json(10);
+        assert_eq!(json["indicators"]["domain"]["distinct"], 2);
+        assert_eq!(json["top_domains"][1]["domain"], "x.example.net");
     }
 
     #[test]

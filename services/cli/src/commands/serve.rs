@@ -4,12 +4,17 @@
 //! The file has one section per service (`[registry]`, `[token_broker]`, `[fetcher]`,
 //! `[mailbox]`), each exactly the service's own configuration, and a top-level
 //! `[telemetry]` that applies to the process; `THREATMAIL_<SECTION>__<KEY>` variables win.
+//! Services of the same process that call each other need no service credentials in the
+//! file: one is made for the run where neither side has one configured.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use secrecy::SecretString;
 use serde::Deserialize;
+use threatmail_auth::credential::CredentialError;
+use threatmail_auth::{AuthSettings, ServiceCredential};
 use threatmail_runtime::ServiceConfig;
 use threatmail_telemetry::TelemetryConfig;
 use tokio::net::TcpListener;
@@ -55,8 +60,11 @@ impl ServeConfig {
         targets: &[Target],
     ) -> Result<Self, threatmail_core::config::ConfigError> {
         let file = file.or_else(|| env.get("THREATMAIL_CONFIG").map(PathBuf::from));
-        let config: ServeConfig = threatmail_core::config::load(file.as_deref(), env)?;
+        let mut config: ServeConfig = threatmail_core::config::load(file.as_deref(), env)?;
         let mut problems = Vec::new();
+        if let Err(error) = config.wire_in_process_callers(targets) {
+            problems.push(format!("auth: {error}"));
+        }
         let mut check = |section: &str, found: Vec<String>| {
             problems.extend(found.into_iter().map(|p| format!("{section}.{p}")));
         };
@@ -78,6 +86,52 @@ impl ServeConfig {
             Err(threatmail_core::config::ConfigError { problems })
         }
     }
+}
+
+impl ServeConfig {
+    /// Services of this process that call each other get a credential made for this run
+    /// (kept in memory, never written) where neither side has one configured: the
+    /// registry's for the broker's `TestCredentials` and the fetcher's `ListFolders`, the
+    /// fetcher's for the broker's `GetToken`. A credential or an allowed hash given in the
+    /// configuration is left as it is.
+    fn wire_in_process_callers(&mut self, targets: &[Target]) -> Result<(), CredentialError> {
+        let here = |target| runs(targets, target);
+        if here(Target::Registry) && self.registry.auth.own_credential()?.is_none() {
+            let callees = [
+                (here(Target::TokenBroker), &mut self.token_broker.auth),
+                (here(Target::Fetcher), &mut self.fetcher.auth),
+            ];
+            wire("registry", &mut self.registry.auth, callees)?;
+        }
+        if here(Target::Fetcher) && self.fetcher.auth.own_credential()?.is_none() {
+            let callees = [(here(Target::TokenBroker), &mut self.token_broker.auth)];
+            wire("fetcher", &mut self.fetcher.auth, callees)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `caller` a credential and allows it in each callee that runs here and does not
+/// name `caller` yet.
+fn wire<const N: usize>(
+    caller: &str,
+    own: &mut AuthSettings,
+    callees: [(bool, &mut AuthSettings); N],
+) -> Result<(), CredentialError> {
+    let mut callees: Vec<&mut AuthSettings> = callees
+        .into_iter()
+        .filter(|(here, auth)| *here && !auth.services.contains_key(caller))
+        .map(|(_, auth)| auth)
+        .collect();
+    if callees.is_empty() {
+        return Ok(());
+    }
+    let credential = ServiceCredential::generate(caller)?;
+    for auth in &mut callees {
+        auth.services.insert(caller.to_owned(), credential.hash());
+    }
+    own.credential = Some(SecretString::from(credential.expose().to_owned()));
+    Ok(())
 }
 
 fn runs(targets: &[Target], target: Target) -> bool {
@@ -196,6 +250,53 @@ mod tests {
             ServeConfig::load(None, &env, &[Target::Fetcher, Target::Mailbox]).expect("loads");
         assert_eq!(config.fetcher.listen.port(), 6001);
         assert_eq!(config.mailbox.listen.port(), 6002);
+    }
+
+    #[test]
+    fn services_of_one_process_get_credentials_for_each_other() {
+        let mut config = ServeConfig::default();
+        config
+            .wire_in_process_callers(&[Target::All])
+            .expect("wired");
+        let registry = config.registry.auth.own_credential().expect("valid");
+        let fetcher = config.fetcher.auth.own_credential().expect("valid");
+        let (Some(registry), Some(fetcher)) = (registry, fetcher) else {
+            panic!("both callers get a credential");
+        };
+        let broker = &config.token_broker.auth.services;
+        assert_eq!(broker.get("registry"), Some(&registry.hash()));
+        assert_eq!(broker.get("fetcher"), Some(&fetcher.hash()));
+        assert_eq!(
+            config.fetcher.auth.services.get("registry"),
+            Some(&registry.hash())
+        );
+
+        // Alone, a fetcher keeps what it was given: nothing to wire.
+        let mut alone = ServeConfig::default();
+        alone
+            .wire_in_process_callers(&[Target::Fetcher])
+            .expect("wired");
+        assert!(alone.fetcher.auth.credential.is_none());
+        assert!(alone.fetcher.auth.services.is_empty());
+    }
+
+    #[test]
+    fn a_configured_caller_hash_is_left_alone() {
+        let mut config = ServeConfig::default();
+        let hash = format!("sha256:{}", "0".repeat(64));
+        config
+            .token_broker
+            .auth
+            .services
+            .insert("fetcher".to_owned(), hash);
+        config
+            .wire_in_process_callers(&[Target::All])
+            .expect("wired");
+        assert!(config.fetcher.auth.credential.is_none(), "not overridden");
+        assert!(
+            config.token_broker.auth.services["fetcher"].ends_with("0000"),
+            "kept as configured"
+        );
     }
 
     #[test]
