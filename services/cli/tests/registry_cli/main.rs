@@ -1,0 +1,831 @@
+//! The `threatmail source …` and `threatmail apikey …` commands, run as the real binary
+//! against a registry, token broker and fetcher in-process on the local stack (real Redis,
+//! Dovecot judging tokens like Exchange, the Entra stand-in). One test binary, so it links
+//! once.
+
+mod harness;
+
+use serde_json::Value;
+use threatmail_source::status::{ConnectionState, FolderError, FolderStatus};
+use threatmail_source::{SourceId, SourceStore};
+
+use crate::harness::{Harness, PHISH_REPORTS, Run};
+
+fn names(folders: &Value) -> Vec<(String, bool)> {
+    folders
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            (
+                f["display_name"].as_str().unwrap_or_default().to_owned(),
+                f["fetch"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn tree_names(tree: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for folder in tree.as_array().into_iter().flatten() {
+        out.push(
+            folder["display_name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        out.extend(tree_names(&folder["children"]));
+    }
+    out
+}
+
+fn assert_no_secret(run: &Run, secret: &str) {
+    assert!(!secret.is_empty());
+    assert!(
+        !run.all().contains(secret),
+        "the secret is in the output:\n{}",
+        run.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_prints_the_tree_then_folders_list_show_update_rm() -> anyhow::Result<()> {
+    let h = Harness::start(true).await?;
+    let secret = h.secret();
+    let secret_file = h.write_file("secret", &format!("{secret}\n"))?;
+
+    // The form's fields and the secret from a file: Save and Continue passes, the source is
+    // saved and its folder tree printed.
+    let form = h.form("Phishing reports");
+    let mut args: Vec<&str> = vec!["source", "add"];
+    args.extend(form.iter().map(String::as_str));
+    args.extend([
+        "--secret-key-file",
+        secret_file.to_str().unwrap_or_default(),
+    ]);
+    let added = h.run(&args, None).await?.expect(0);
+    assert!(
+        added.stdout.contains("Save and Continue: passed"),
+        "{}",
+        added.stdout
+    );
+    for folder in ["INBOX", PHISH_REPORTS] {
+        assert!(
+            added.stdout.contains(&format!("[ ] {folder}")),
+            "{folder} missing from the tree:\n{}",
+            added.stdout
+        );
+    }
+    assert!(added.stdout.contains("Saved source"), "{}", added.stdout);
+    assert_no_secret(&added, &secret);
+
+    // A second source with the secret on stdin, as JSON, selecting a folder at once.
+    let form = h.form("Second");
+    let mut args: Vec<&str> = vec!["source", "add", "--json", "--select", "INBOX"];
+    args.extend(form.iter().map(String::as_str));
+    let second = h.run(&args, Some(&format!("{secret}\n"))).await?.expect(0);
+    assert_no_secret(&second, &secret);
+    let doc = second.json();
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["saved"], true);
+    let tree = tree_names(&doc["test"]["folders"]);
+    assert!(
+        tree.contains(&"INBOX".to_owned()) && tree.contains(&PHISH_REPORTS.to_owned()),
+        "{tree:?}"
+    );
+    assert_eq!(
+        names(&doc["source"]["folders"]),
+        [("INBOX".to_owned(), true)]
+    );
+    assert_eq!(doc["source"]["secret_set"], true);
+    let second_id = doc["source"]["id"].as_str().unwrap_or_default().to_owned();
+
+    // The same name again is refused by the registry, with what to do.
+    let mut args: Vec<&str> = vec!["source", "add"];
+    let form = h.form("phishing REPORTS");
+    args.extend(form.iter().map(String::as_str));
+    let taken = h.run(&args, Some(&secret)).await?.expect(1);
+    assert!(
+        taken.stderr.contains("registry.name_taken"),
+        "{}",
+        taken.stderr
+    );
+
+    // list: both, as a table and as JSON.
+    let list = h.run(&["source", "list"], None).await?.expect(0);
+    assert!(
+        list.stdout.contains("Phishing reports") && list.stdout.contains("Second"),
+        "{}",
+        list.stdout
+    );
+    let list = h
+        .run(&["source", "list", "--json"], None)
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(list["sources"].as_array().map(Vec::len), Some(2));
+
+    // folders: select both by display name (by the source's name), then deselect one.
+    let selected = h
+        .run(
+            &[
+                "source",
+                "folders",
+                "Phishing reports",
+                "--select",
+                "INBOX",
+                "--select",
+                PHISH_REPORTS,
+            ],
+            None,
+        )
+        .await?
+        .expect(0);
+    for folder in ["INBOX", PHISH_REPORTS] {
+        assert!(
+            selected.stdout.contains(&format!("[x] {folder}")),
+            "{}",
+            selected.stdout
+        );
+    }
+    let deselected = h
+        .run(
+            &[
+                "source",
+                "folders",
+                "phishing reports",
+                "--deselect",
+                "inbox",
+                "--json",
+            ],
+            None,
+        )
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(
+        names(&deselected["source"]["folders"]),
+        [
+            ("INBOX".to_owned(), false),
+            (PHISH_REPORTS.to_owned(), true)
+        ]
+    );
+    let raw: Vec<&str> = deselected["source"]["folders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["raw_name"].as_str())
+        .collect();
+    assert_eq!(
+        raw,
+        ["INBOX", PHISH_REPORTS],
+        "the registry keeps the server's raw names"
+    );
+
+    let missing = h
+        .run(
+            &[
+                "source",
+                "folders",
+                "Phishing reports",
+                "--select",
+                "No Such Folder",
+            ],
+            None,
+        )
+        .await?
+        .expect(1);
+    assert!(
+        missing.stderr.contains("validation.folder_not_found"),
+        "{}",
+        missing.stderr
+    );
+    assert!(
+        missing.stderr.contains(PHISH_REPORTS),
+        "names what exists: {}",
+        missing.stderr
+    );
+    let not_selected = h
+        .run(
+            &[
+                "source",
+                "folders",
+                "Phishing reports",
+                "--deselect",
+                "INBOX",
+            ],
+            None,
+        )
+        .await?;
+    // INBOX is in the selection (not fetched): deselecting it again is fine.
+    not_selected.expect(0);
+    let unknown = h
+        .run(
+            &[
+                "source",
+                "folders",
+                "Phishing reports",
+                "--deselect",
+                "Spam",
+            ],
+            None,
+        )
+        .await?
+        .expect(1);
+    assert!(
+        unknown.stderr.contains("not selected"),
+        "{}",
+        unknown.stderr
+    );
+
+    // show: the fields and the selection, never the secret.
+    let show = h
+        .run(&["source", "show", "Phishing reports"], None)
+        .await?
+        .expect(0);
+    assert!(
+        show.stdout.contains("soc-phish@corp.example"),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout.contains(&format!("[x] {PHISH_REPORTS}")),
+        "{}",
+        show.stdout
+    );
+    assert!(show.stdout.contains("[ ] INBOX"), "{}", show.stdout);
+    assert_no_secret(&show, &secret);
+
+    // update: only the fields given change.
+    let updated = h
+        .run(
+            &[
+                "source",
+                "update",
+                "Phishing reports",
+                "--tags",
+                "phish,reported",
+                "--json",
+            ],
+            None,
+        )
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(
+        updated["source"]["tags"],
+        serde_json::json!(["phish", "reported"])
+    );
+    assert_eq!(updated["source"]["email"], "soc-phish@corp.example");
+    assert_eq!(updated["source"]["secret_set"], true);
+
+    // secret --next: staged from a named variable, with its expiry.
+    let next = h
+        .run_with(
+            &[
+                "source",
+                "secret",
+                "Phishing reports",
+                "--next",
+                "--secret-key-env",
+                "NEXT_SECRET",
+                "--expires",
+                "2099-01-31",
+                "--json",
+            ],
+            None,
+            &[
+                (
+                    "TM_API_KEY_FILE",
+                    h.admin_key_file.to_str().unwrap_or_default(),
+                ),
+                ("NEXT_SECRET", "next-value~for-the-rollover"),
+            ],
+        )
+        .await?
+        .expect(0);
+    assert!(!next.all().contains("next-value~for-the-rollover"));
+    let next = next.json();
+    assert_eq!(next["source"]["next_secret_set"], true);
+    assert_eq!(
+        next["source"]["next_secret_expires"],
+        "2099-01-31T00:00:00Z"
+    );
+    assert_eq!(
+        next["source"]["tags"],
+        serde_json::json!(["phish", "reported"])
+    );
+
+    // test: Save and Continue again with the stored secrets.
+    let tested = h
+        .run(&["source", "test", &second_id], None)
+        .await?
+        .expect(0);
+    assert!(tested.stdout.contains("[x] INBOX"), "{}", tested.stdout);
+
+    // status: the selected folders, never polled yet.
+    let status = h
+        .run(&["source", "status", "Phishing reports", "--json"], None)
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(
+        names(&status["status"]["folders"]),
+        [
+            ("INBOX".to_owned(), false),
+            (PHISH_REPORTS.to_owned(), true)
+        ]
+    );
+    assert_eq!(status["status"]["caught_up"], false);
+
+    // rm: gone from the list, and named as unknown afterwards.
+    h.run(&["source", "rm", &second_id], None).await?.expect(0);
+    let list = h
+        .run(&["source", "list", "--json"], None)
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(list["sources"].as_array().map(Vec::len), Some(1));
+    let gone = h
+        .run(&["source", "show", &second_id], None)
+        .await?
+        .expect(1);
+    assert!(
+        gone.stderr.contains("Phishing reports"),
+        "names the sources there are: {}",
+        gone.stderr
+    );
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_save_and_continue_prints_its_diagnosis_exits_1_and_saves_nothing()
+-> anyhow::Result<()> {
+    let h = Harness::start(true).await?;
+    let secret = h.secret();
+
+    // A wrong secret value (on stdin): Entra's exact cause.
+    let wrong_secret = "Wr0ng~secret-value-that-entra-refuses";
+    let form = h.form("Phishing reports");
+    let mut args: Vec<&str> = vec!["source", "add"];
+    args.extend(form.iter().map(String::as_str));
+    let run = h.run(&args, Some(wrong_secret)).await?.expect(1);
+    assert!(run.stdout.contains("entra.secret_wrong"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("secret_key:"),
+        "names the field: {}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("Nothing was saved"), "{}", run.stdout);
+    assert!(run.stderr.contains("token stage"), "{}", run.stderr);
+    assert_no_secret(&run, wrong_secret);
+
+    // A tenant id of no tenant, as JSON.
+    let mut form = h.form("Phishing reports");
+    let tenant = form
+        .iter()
+        .position(|a| a == "--tenant-id")
+        .map(|i| i + 1)
+        .unwrap_or_default();
+    form[tenant] = threatmail_testkit::tenant::new_guid();
+    let mut args: Vec<&str> = vec!["source", "add", "--json"];
+    args.extend(form.iter().map(String::as_str));
+    let run = h.run(&args, Some(&secret)).await?.expect(1);
+    assert_no_secret(&run, &secret);
+    let doc = run.json();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["saved"], false);
+    assert_eq!(
+        doc["test"]["problems"][0]["reason"],
+        "entra.tenant_not_found"
+    );
+    assert_eq!(doc["test"]["problems"][0]["field"], "tenant_id");
+
+    // Admin consent never granted: the token has no role and the login is refused.
+    h.change_tenant(|f| {
+        if let Some(app) = f.primary_app_mut() {
+            app.admin_consent = false;
+        }
+    })?;
+    let form = h.form("Phishing reports");
+    let mut args: Vec<&str> = vec!["source", "add"];
+    args.extend(form.iter().map(String::as_str));
+    let run = h.run(&args, Some(&secret)).await?.expect(1);
+    assert!(
+        run.stdout.contains("token.imap_consent_missing"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("admin consent"), "{}", run.stdout);
+    assert!(run.stderr.contains("login stage"), "{}", run.stderr);
+    assert_no_secret(&run, &secret);
+
+    // Missing fields are all listed at once, without asking Entra.
+    let run = h
+        .run(&["source", "add", "--name", "x", "--json"], Some(&secret))
+        .await?
+        .expect(1);
+    let doc = run.json();
+    let fields: Vec<&str> = doc["test"]["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
+    for field in ["email", "app_id", "tenant_id"] {
+        assert!(fields.contains(&field), "{field} not in {fields:?}");
+    }
+
+    let list = h
+        .run(&["source", "list", "--json"], None)
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(
+        list["sources"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was saved"
+    );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn the_secret_is_never_a_command_line_argument() -> anyhow::Result<()> {
+    let value = "S3cret~on-the-command-line";
+    for flag in ["--secret-key", "--secret", "--password", "--client-secret"] {
+        let run = harness::run(
+            harness::binary(),
+            &["source", "add", "--name", "x", flag, value],
+            None,
+        )
+        .await?
+        .expect(2);
+        assert!(
+            run.stderr.contains("unexpected argument"),
+            "{flag}: {}",
+            run.stderr
+        );
+        assert!(!run.all().contains(value), "{flag}: {}", run.all());
+    }
+    let help = harness::run(harness::binary(), &["source", "add", "--help"], None)
+        .await?
+        .expect(0);
+    for line in help
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--secret"))
+    {
+        let flag = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            ["--secret-key-file", "--secret-key-env", "--secret-expires"].contains(&flag),
+            "a flag that could carry the secret: {line}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_says_which_url_and_how_to_start_it() -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    drop(listener);
+    let mut command = harness::binary();
+    command
+        .env("TM_REGISTRY_URL", &url)
+        .env("TM_API_KEY", "tmk1.x.y");
+    let run = harness::run(command, &["source", "list"], None)
+        .await?
+        .expect(1);
+    let line = run.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains(&url), "{line}");
+    assert!(line.contains("threatmail serve"), "{line}");
+    // Without a key: what to give.
+    let mut command = harness::binary();
+    command.env("TM_REGISTRY_URL", &url);
+    let run = harness::run(command, &["source", "list", "--json"], None)
+        .await?
+        .expect(1);
+    assert_eq!(run.json()["ok"], false);
+    assert!(run.stderr.contains("TM_API_KEY_FILE"), "{}", run.stderr);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apikeys_bootstrap_create_list_revoke() -> anyhow::Result<()> {
+    let h = Harness::start(false).await?;
+    let redis = h.stack.redis.url();
+
+    // The first admin key, straight into the registry's Redis; only the key on stdout.
+    let boot = h
+        .run_with(
+            &[
+                "apikey",
+                "create",
+                "--bootstrap",
+                "--redis-url",
+                &redis,
+                "--name",
+                "first admin",
+                "--role",
+                "admin",
+            ],
+            None,
+            &[],
+        )
+        .await?
+        .expect(0);
+    let admin = boot.stdout.trim().to_owned();
+    assert!(
+        admin.starts_with("tmk1.") && !admin.contains('\n'),
+        "{}",
+        boot.stdout
+    );
+    let admin_file = h.write_file("boot.key", &admin)?;
+    let admin_env = [("TM_API_KEY_FILE", admin_file.to_str().unwrap_or_default())];
+
+    // A second bootstrap is refused while that admin key exists.
+    let again = h
+        .run_with(
+            &[
+                "apikey",
+                "create",
+                "--bootstrap",
+                "--redis-url",
+                &redis,
+                "--name",
+                "x",
+                "--role",
+                "admin",
+            ],
+            None,
+            &[],
+        )
+        .await?
+        .expect(1);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+
+    // Through the registry with the bootstrapped key.
+    let made = h
+        .run_with(
+            &[
+                "apikey", "create", "--name", "analyst", "--role", "view", "--json",
+            ],
+            None,
+            &admin_env,
+        )
+        .await?
+        .expect(0)
+        .json();
+    let viewer = made["key"].as_str().unwrap_or_default().to_owned();
+    let viewer_id = made["id"].as_str().unwrap_or_default().to_owned();
+    assert!(viewer.starts_with("tmk1."), "{made}");
+    assert_eq!(made["roles"], serde_json::json!(["view"]));
+
+    let list = h
+        .run_with(&["apikey", "list", "--json"], None, &admin_env)
+        .await?
+        .expect(0);
+    assert!(
+        !list.all().contains(&viewer) && !list.all().contains(&admin),
+        "no key in a list"
+    );
+    let keys = list.json();
+    let listed: Vec<(String, bool)> = keys["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            (
+                k["name"].as_str().unwrap_or_default().to_owned(),
+                k["revoked"].as_bool().unwrap_or(true),
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed.contains(&("analyst".to_owned(), false)),
+        "{listed:?}"
+    );
+    let table = h
+        .run_with(&["apikey", "list"], None, &admin_env)
+        .await?
+        .expect(0);
+    assert!(
+        table.stdout.contains("first admin") && table.stdout.contains(&viewer_id),
+        "{}",
+        table.stdout
+    );
+
+    // The view key reads sources but may not manage keys.
+    let viewer_env = [("TM_API_KEY", viewer.as_str())];
+    h.run_with(&["source", "list"], None, &viewer_env)
+        .await?
+        .expect(0);
+    let denied = h
+        .run_with(&["apikey", "list"], None, &viewer_env)
+        .await?
+        .expect(1);
+    assert!(
+        denied.stderr.contains("PermissionDenied"),
+        "{}",
+        denied.stderr
+    );
+
+    // Revoked, it is refused.
+    h.run_with(&["apikey", "revoke", &viewer_id], None, &admin_env)
+        .await?
+        .expect(0);
+    let refused = h
+        .run_with(&["source", "list"], None, &viewer_env)
+        .await?
+        .expect(1);
+    assert!(
+        refused.stderr.contains("Unauthenticated"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("API key"),
+        "says what to fix: {}",
+        refused.stderr
+    );
+    let keys = h
+        .run_with(&["apikey", "list", "--json"], None, &admin_env)
+        .await?
+        .expect(0)
+        .json();
+    let revoked = keys["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["id"] == viewer_id.as_str())
+        .map(|k| k["revoked"].clone());
+    assert_eq!(revoked, Some(Value::Bool(true)));
+    let unknown = h
+        .run_with(&["apikey", "revoke", "0000"], None, &admin_env)
+        .await?
+        .expect(1);
+    assert!(
+        unknown.stderr.contains("registry.api_key_not_found"),
+        "{}",
+        unknown.stderr
+    );
+
+    // Bootstrap refuses to make a key that is not admin.
+    let not_admin = h
+        .run_with(
+            &[
+                "apikey",
+                "create",
+                "--bootstrap",
+                "--redis-url",
+                &redis,
+                "--name",
+                "x",
+                "--role",
+                "view",
+            ],
+            None,
+            &[],
+        )
+        .await?
+        .expect(1);
+    assert!(
+        not_admin.stderr.contains("--role admin"),
+        "{}",
+        not_admin.stderr
+    );
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_follows_a_first_sync_until_every_selected_folder_caught_up()
+-> anyhow::Result<()> {
+    let h = Harness::start(true).await?;
+    let secret = h.secret();
+    let form = h.form("Phishing reports");
+    let mut args: Vec<&str> = vec![
+        "source",
+        "add",
+        "--json",
+        "--select",
+        "INBOX",
+        "--select",
+        PHISH_REPORTS,
+    ];
+    args.extend(form.iter().map(String::as_str));
+    let doc = h.run(&args, Some(&secret)).await?.expect(0).json();
+    let id = SourceId::parse(doc["source"]["id"].as_str().unwrap_or_default())?;
+
+    // Stands in for the fetchers: writes each folder's status as a sync moves on.
+    let store = SourceStore::new(h.stack.redis.connection_manager().await?);
+    let write = |raw: &str, state: ConnectionState, synced: u64, polled: bool| {
+        let mut status = FolderStatus::new(raw);
+        status.connection_state = state;
+        status.messages_synced = synced;
+        status.last_poll = polled.then_some(1_764_800_000);
+        status
+    };
+    store
+        .write_folder_status(&id, &write("INBOX", ConnectionState::Syncing, 3, false))
+        .await?;
+    let sync = {
+        let store = store.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+            store
+                .write_folder_status(&id, &write("INBOX", ConnectionState::Idle, 10, true))
+                .await?;
+            tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+            store
+                .write_folder_status(&id, &write(PHISH_REPORTS, ConnectionState::Idle, 4, true))
+                .await?;
+            anyhow::Ok(())
+        })
+    };
+    let watched = h
+        .run(
+            &[
+                "source",
+                "status",
+                "Phishing reports",
+                "--watch",
+                "--interval",
+                "200ms",
+                "--timeout",
+                "60s",
+                "--json",
+            ],
+            None,
+        )
+        .await?
+        .expect(0);
+    sync.await??;
+    let doc = watched.json();
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["status"]["caught_up"], true);
+    let synced: Vec<u64> = doc["status"]["folders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["messages_synced"].as_u64())
+        .collect();
+    assert_eq!(synced, [10, 4]);
+    // The progress went to stderr as it changed: syncing first, caught up at the end.
+    assert!(watched.stderr.contains("syncing"), "{}", watched.stderr);
+    assert!(
+        watched.stderr.contains("0/2 folders caught up"),
+        "{}",
+        watched.stderr
+    );
+    assert!(
+        watched
+            .stderr
+            .contains("2/2 folders caught up, 14 messages synced"),
+        "{}",
+        watched.stderr
+    );
+
+    // A folder whose sync needs the user ends the watch with its error and exit 1.
+    let mut failed = write(PHISH_REPORTS, ConnectionState::Failed, 4, true);
+    failed.last_error = Some(FolderError {
+        reason: "imap.authenticate_failed".to_owned(),
+        message: "Exchange refused the login".to_owned(),
+        upstream_code: "NO AUTHENTICATE failed.".to_owned(),
+        checklist: vec![
+            "New-ServicePrincipal with the Enterprise application's Object ID".to_owned(),
+        ],
+        at: 1_764_800_100,
+    });
+    store.write_folder_status(&id, &failed).await?;
+    let run = h
+        .run(
+            &[
+                "source",
+                "status",
+                "Phishing reports",
+                "--watch",
+                "--interval",
+                "200ms",
+                "--timeout",
+                "60s",
+            ],
+            None,
+        )
+        .await?
+        .expect(1);
+    assert!(
+        run.stdout.contains("imap.authenticate_failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("1. New-ServicePrincipal"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains(PHISH_REPORTS), "{}", run.stderr);
+    h.stop().await
+}
