@@ -1,0 +1,139 @@
+//! Logging in: a refused XOAUTH2 login gets one forced token refresh and one retry; a
+//! second refusal is shown in the folder's status with the DESIGN §1 checklist, and the
+//! folder recovers by itself once the setup is fixed.
+
+use threatmail_source::ConnectionState;
+use threatmail_testkit::exchange_proxy::{Fault, Script, When};
+use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture};
+
+use crate::harness::{Harness, report};
+
+const FOLDER: &str = "Phish Reports";
+
+fn fixture() -> TenantFixture {
+    let mut fixture = TenantFixture::everything_right();
+    *fixture
+        .primary_tenant_mut()
+        .expect("tenant")
+        .exchange
+        .mailbox_mut(PHISH_MAILBOX)
+        .expect("mailbox") =
+        Mailbox::new(PHISH_MAILBOX).with_messages(FOLDER, (1..=3).map(report).collect());
+    fixture
+}
+
+fn token_requests(harness: &Harness) -> u64 {
+    let (tenant, app) = harness.stack.tenant().read(|f| {
+        (
+            f.primary_tenant().map(|t| t.id.clone()).unwrap_or_default(),
+            f.primary_app()
+                .map(|a| a.client_id.clone())
+                .unwrap_or_default(),
+        )
+    });
+    harness.stack.entra.request_count(&tenant, &app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_retried_once_with_a_forced_refresh() -> anyhow::Result<()> {
+    let mut harness = Harness::start(fixture()).await?;
+    // Exchange's answer to a token it does not take, once.
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::passthrough().rule(
+                When::command("AUTHENTICATE")
+                    .then(Fault::Respond {
+                        lines: vec!["{tag} NO AUTHENTICATE failed.".to_owned()],
+                        close: false,
+                    })
+                    .once(),
+            ),
+        )
+        .await?;
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &[FOLDER])
+        .await?;
+    let config = harness.fetcher_config("fetcher-a");
+    harness.spawn_fetcher(config).await?;
+
+    let synced = harness
+        .wait_status("the sync after the retry", &id, FOLDER, |s| {
+            s.last_uid == Some(3)
+        })
+        .await?;
+    assert_eq!(proxy.control().script().rules()[0].fired(), 1);
+    assert_eq!(
+        (synced.retry_count, &synced.last_error),
+        (0, &None),
+        "{synced:?}"
+    );
+    assert_eq!(synced.connection_state, ConnectionState::Idle);
+    assert_eq!(harness.store.count(&id).await?, 3);
+    // One token for the first login, one forced refresh for the retry; then the cache.
+    assert_eq!(token_requests(&harness), 2);
+    harness.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_refused_twice_shows_the_checklist_until_the_setup_is_fixed() -> anyhow::Result<()>
+{
+    let mut no_grant = fixture();
+    let oid = no_grant
+        .primary_app()
+        .map(|a| a.service_principal_object_id.clone())
+        .unwrap_or_default();
+    no_grant
+        .primary_tenant_mut()
+        .expect("tenant")
+        .exchange
+        .remove_mailbox_permission(PHISH_MAILBOX, &oid);
+    let mut harness = Harness::start(no_grant).await?;
+    let dovecot = harness.stack.dovecot.imaps_addr();
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, dovecot, &[FOLDER])
+        .await?;
+    let config = harness.fetcher_config("fetcher-a");
+    harness.spawn_fetcher(config).await?;
+
+    let failed = harness
+        .wait_status("the refusal in the status", &id, FOLDER, |s| {
+            s.connection_state == ConnectionState::Failed
+        })
+        .await?;
+    let error = failed.last_error.clone().expect("last error");
+    assert_eq!(error.reason, "imap.authenticate_failed", "{error:?}");
+    assert_eq!(error.upstream_code, "NO AUTHENTICATE failed.");
+    assert!(error.message.contains(PHISH_MAILBOX), "{}", error.message);
+    assert_eq!(error.checklist.len(), 4, "{:?}", error.checklist);
+    assert!(error.checklist[0].contains("service principal"));
+    assert!(error.checklist[1].contains("FullAccess"));
+    assert!(error.at > 0);
+    assert!(failed.retry_count >= 1);
+    assert_eq!(
+        (failed.last_poll, failed.last_uid, failed.messages_synced),
+        (None, None, 0)
+    );
+    assert!(
+        token_requests(&harness) >= 2,
+        "the retry used a forced refresh"
+    );
+    assert_eq!(harness.store.count(&id).await?, 0);
+
+    // The administrator grants FullAccess: the folder recovers at a following retry.
+    harness.stack.tenant().update(|f| {
+        f.primary_tenant_mut()
+            .expect("tenant")
+            .exchange
+            .add_full_access(PHISH_MAILBOX, &oid)
+    });
+    tokio::task::block_in_place(|| harness.stack.apply_tenant())?;
+    let recovered = harness
+        .wait_status("the sync once granted", &id, FOLDER, |s| {
+            s.last_uid == Some(3) && s.connection_state == ConnectionState::Idle
+        })
+        .await?;
+    assert_eq!((recovered.retry_count, &recovered.last_error), (0, &None));
+    assert_eq!(recovered.messages_synced, 3);
+    harness.stop().await
+}
