@@ -358,7 +358,31 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error("write a batch", source.as_str()))?;
-        let (items, checkpoint, outbox_ids) = self.read_write_reply(batch, &reply)?;
+        let read = self.read_write_reply(batch, &reply);
+        let fence = match batch.fence {
+            Fence::Token(token) => Some(token),
+            Fence::Unfenced => None,
+        };
+        // One event per commit and per refusal, with the fencing token: how tests (and an
+        // operator) see which lease holder wrote which UIDs of a folder.
+        if let Err(StoreError::StaleFence { held, .. }) = &read {
+            tracing::debug!(folder = %batch.folder, fence, held = %held, "batch refused: stale fence");
+        }
+        let (items, checkpoint, outbox_ids) = read?;
+        let uid_of = |item: &BatchItem| match item {
+            BatchItem::Message(message) => message.uid,
+            BatchItem::Skipped { uid, .. } => *uid,
+        };
+        tracing::debug!(
+            folder = %batch.folder,
+            fence,
+            uidvalidity = batch.uidvalidity,
+            first_uid = batch.items.first().map(uid_of),
+            last_uid = batch.items.last().map(uid_of),
+            checkpoint_uid = checkpoint.map(|c| c.last_uid),
+            stored = items.iter().filter(|i| matches!(i, ItemOutcome::Stored(_))).count(),
+            "batch committed"
+        );
         self.crash_here(CrashPoint::AfterCommit)?;
         // The new records' outbox entries go on at once, from what is at hand; whatever
         // this step does not finish stays in the outbox for the periodic drain.
