@@ -103,12 +103,20 @@ pub(crate) fn fixture() -> TenantFixture {
 }
 
 impl Harness {
-    /// Starts the stack, the broker, a fetcher and the registry; with `admin`, also
-    /// writes an admin API key into a file the binary is pointed at.
+    /// Starts the stack, the broker, a fetcher that only lists folders, and the registry;
+    /// with `admin`, also writes an admin API key into a file the binary is pointed at.
     pub(crate) async fn start(admin: bool) -> anyhow::Result<Self> {
+        Self::start_with(admin, false).await
+    }
+
+    /// As [`Harness::start`]; with `syncing`, the fetcher also syncs the selected folders
+    /// of every source (its scheduler reads them from Redis), polling every 200 ms.
+    pub(crate) async fn start_with(admin: bool, syncing: bool) -> anyhow::Result<Self> {
         let stack = LocalStack::start(fixture()).await?;
         let master_key = MasterKey::generate("k1")?.to_line();
         let registry_credential = ServiceCredential::generate("registry")?;
+        let fetcher_credential = ServiceCredential::generate("fetcher")?;
+        let dir = tempfile::tempdir()?;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -121,6 +129,10 @@ impl Harness {
             .auth
             .services
             .insert("registry".to_owned(), registry_credential.hash());
+        broker
+            .auth
+            .services
+            .insert("fetcher".to_owned(), fetcher_credential.hash());
         broker.entra.ca_file = Some(stack.ca_cert_path());
         broker.entra.global.authority = Some(stack.entra.authority());
         let broker_addr = spawn(&mut tasks, &shutdown, |listener, stop| {
@@ -137,6 +149,22 @@ impl Harness {
             .auth
             .services
             .insert("registry".to_owned(), registry_credential.hash());
+        if syncing {
+            fetcher.redis_url = Some(stack.redis.url());
+            fetcher.broker_url = format!("http://{broker_addr}");
+            fetcher.broker_timeout = Duration::from_secs(10);
+            fetcher.blobs = threatmail_store::BlobStoreConfig::Directory {
+                path: dir.path().join("blobs"),
+            };
+            fetcher.auth.credential =
+                Some(SecretString::from(fetcher_credential.expose().to_owned()));
+            fetcher.master_key.key = Some(master_key.clone());
+            fetcher.sync.poll_interval = Duration::from_millis(200);
+            fetcher.sync.lease_ttl = Duration::from_secs(3);
+            fetcher.sync.renew_interval = Duration::from_millis(500);
+            fetcher.sync.retry_min = Duration::from_millis(200);
+            fetcher.sync.retry_max = Duration::from_millis(800);
+        }
         let fetcher_addr = spawn(&mut tasks, &shutdown, |listener, stop| {
             threatmail_fetcher::run(fetcher, listener, stop)
         })
@@ -157,7 +185,6 @@ impl Harness {
         })
         .await?;
 
-        let dir = tempfile::tempdir()?;
         let admin_key_file = dir.path().join("admin.key");
         let harness = Harness {
             stack,

@@ -420,6 +420,51 @@ async fn a_failed_save_and_continue_prints_its_diagnosis_exits_1_and_saves_nothi
     assert!(run.stderr.contains("login stage"), "{}", run.stderr);
     assert_no_secret(&run, &secret);
 
+    // New-ServicePrincipal never run: Exchange's one answer, so the ordered checklist with
+    // its PowerShell, as JSON too.
+    h.change_tenant(|f| {
+        if let Some(app) = f.primary_app_mut() {
+            app.admin_consent = true;
+        }
+        if let Some(tenant) = f.primary_tenant_mut() {
+            tenant.exchange.service_principals.clear();
+        }
+    })?;
+    let run = h.run(&args, Some(&secret)).await?.expect(1);
+    assert!(
+        run.stdout.contains("Check, in this order:"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("PS> Get-ServicePrincipal"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("imap.authenticate_failed"),
+        "{}",
+        run.stderr
+    );
+    let mut json_args = args.clone();
+    json_args.push("--json");
+    let doc = h.run(&json_args, Some(&secret)).await?.expect(1).json();
+    let steps: Vec<&str> = doc["test"]["checklist"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "exchange.service_principal",
+            "exchange.full_access",
+            "source.mailbox_address",
+            "exchange.imap_enabled"
+        ]
+    );
+
     // Missing fields are all listed at once, without asking Entra.
     let run = h
         .run(&["source", "add", "--name", "x", "--json"], Some(&secret))
@@ -827,5 +872,78 @@ async fn status_watch_follows_a_first_sync_until_every_selected_folder_caught_up
         run.stdout
     );
     assert!(run.stderr.contains(PHISH_REPORTS), "{}", run.stderr);
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_ends_when_a_real_first_sync_has_caught_up() -> anyhow::Result<()> {
+    // A fetcher that syncs: the watch follows the statuses its scheduler writes.
+    let h = Harness::start_with(true, true).await?;
+    let secret = h.secret();
+    let form = h.form("Phishing reports");
+    let mut args: Vec<&str> = vec![
+        "source",
+        "add",
+        "--select",
+        "INBOX",
+        "--select",
+        PHISH_REPORTS,
+    ];
+    args.extend(form.iter().map(String::as_str));
+    let added = h.run(&args, Some(&secret)).await?.expect(0);
+    assert!(
+        added.stdout.contains("--watch"),
+        "points at the watch: {}",
+        added.stdout
+    );
+    let watched = h
+        .run(
+            &[
+                "source",
+                "status",
+                "Phishing reports",
+                "--watch",
+                "--interval",
+                "200ms",
+                "--timeout",
+                "90s",
+                "--json",
+            ],
+            None,
+        )
+        .await?
+        .expect(0);
+    let doc = watched.json();
+    assert_eq!(doc["status"]["caught_up"], true, "{doc}");
+    let folders: Vec<(String, String, u64)> = doc["status"]["folders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            (
+                f["display_name"].as_str().unwrap_or_default().to_owned(),
+                f["connection_state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                f["messages_synced"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    // The fixture holds one message in each folder.
+    assert_eq!(
+        folders,
+        [
+            ("INBOX".to_owned(), "idle".to_owned(), 1),
+            (PHISH_REPORTS.to_owned(), "idle".to_owned(), 1)
+        ]
+    );
+    assert!(
+        watched
+            .stderr
+            .contains("2/2 folders caught up, 2 messages synced"),
+        "{}",
+        watched.stderr
+    );
     h.stop().await
 }

@@ -354,7 +354,13 @@ pub(super) fn print_test(
             if reply.ok { "passed" } else { "failed" },
             stages.join(", ")
         )?;
-        for problem in &reply.problems {
+        // The checklist's summary repeats its problem's message: say it once, above it.
+        let summary = reply.checklist.as_ref().map(|c| c.summary.as_str());
+        for problem in reply
+            .problems
+            .iter()
+            .filter(|p| Some(p.message.as_str()) != summary)
+        {
             writeln!(out, "  problem: {}", problem_line(problem))?;
         }
         if let Some(checklist) = &reply.checklist {
