@@ -178,64 +178,49 @@ pub async fn sync_folder(
     )
     .await
     .map_err(imap)?;
-    for batch in batches(&announced, limits) {
-        let wanted: Vec<u32> = batch
-            .iter()
-            .filter(|m| m.size <= limits.max_message_bytes)
-            .map(|m| m.uid)
-            .collect();
-        let fetched = bodies(
-            session,
-            server,
-            user,
-            &wanted,
-            limits.max_message_bytes,
-            limits.command_timeout,
-        )
-        .await
-        .map_err(imap)?;
-        let mut items = Vec::with_capacity(batch.len());
-        let mut fetched = fetched.into_iter().peekable();
-        for message in batch {
-            if message.size > limits.max_message_bytes {
-                items.push(skipped(message.uid, message.size, limits.max_message_bytes));
-                continue;
-            }
-            match fetched.next_if(|(uid, _)| *uid == message.uid) {
-                Some((uid, Body::Complete(raw))) => {
-                    // Parsing is CPU work bounded by the parser's own limits; it runs off
-                    // the async threads so sessions and lease renewal stay responsive.
-                    let incoming =
-                        tokio::task::spawn_blocking(move || IncomingMessage::parse(uid, raw))
-                            .await
-                            .map_err(|error| {
-                                stored(StoreError::InvalidArgument {
-                                    field: "message",
-                                    problem: format!("parser task failed: {error}"),
-                                })
-                            })?;
-                    items.push(BatchItem::Message(Box::new(incoming)));
-                }
-                Some((uid, Body::OverCap)) => {
-                    items.push(skipped(uid, message.size, limits.max_message_bytes))
-                }
-                // Expunged between the two FETCHes: nothing to store, and the checkpoint
-                // may pass it.
-                None => {}
-            }
-        }
-        let checkpoint_uid = batch.last().map(|m| m.uid);
-        let outcome = store
-            .write(&WriteBatch {
-                source_id: source_id.clone(),
-                folder: folder.to_owned(),
-                uidvalidity: state.uidvalidity,
-                fence: Fence::Token(lease.token),
-                items,
-                checkpoint_uid,
-            })
+    // One batch's bodies are fetched while the one before is parsed and written, so the
+    // connection, the parser and the store work at the same time; at most two batches'
+    // bodies are held. Writes (and their checkpoints) stay in UID order: a batch is
+    // written only after the one before has committed.
+    let batches = batches(&announced, limits);
+    let mut fetched = match batches.first() {
+        Some(first) => fetch_batch(session, server, user, first, limits)
             .await
-            .map_err(stored)?;
+            .map_err(imap)?,
+        None => Vec::new(),
+    };
+    for (index, batch) in batches.iter().enumerate() {
+        let process = async {
+            let items = batch_items(batch, std::mem::take(&mut fetched), limits)
+                .await
+                .map_err(stored)?;
+            let checkpoint_uid = batch.last().map(|m| m.uid);
+            let outcome = store
+                .write(&WriteBatch {
+                    source_id: source_id.clone(),
+                    folder: folder.to_owned(),
+                    uidvalidity: state.uidvalidity,
+                    fence: Fence::Token(lease.token),
+                    items,
+                    checkpoint_uid,
+                })
+                .await
+                .map_err(stored)?;
+            let renewed = store
+                .renew_lease(lease, limits.lease_ttl)
+                .await
+                .map_err(stored)?;
+            Ok::<_, SyncError>((outcome, renewed))
+        };
+        let prefetch = async {
+            match batches.get(index + 1) {
+                Some(next) => Some(fetch_batch(session, server, user, next, limits).await),
+                None => None,
+            }
+        };
+        let (processed, prefetched) = tokio::join!(process, prefetch);
+        // What was written counts before a failed prefetch is reported.
+        let (outcome, renewed) = processed?;
         for item in &outcome.items {
             match item {
                 threatmail_store::ItemOutcome::Stored(_) => report.stored += 1,
@@ -247,16 +232,13 @@ pub async fn sync_folder(
         if let Some(checkpoint) = outcome.checkpoint {
             report.last_uid = checkpoint.last_uid;
         }
-        if !store
-            .renew_lease(lease, limits.lease_ttl)
-            .await
-            .map_err(stored)?
-        {
+        if !renewed {
             return Err(SyncError::LeaseLost {
                 source_id: source_id.as_str().to_owned(),
                 folder: folder.to_owned(),
             });
         }
+        fetched = prefetched.transpose().map_err(imap)?.unwrap_or_default();
     }
     tracing::info!(
         stored = report.stored,
@@ -266,6 +248,95 @@ pub async fn sync_folder(
         "folder synced"
     );
     Ok(report)
+}
+
+/// The bodies of one batch: those within the size limit, each under the byte cap.
+async fn fetch_batch(
+    session: &mut Session,
+    server: &str,
+    user: &str,
+    batch: &[Announced],
+    limits: &SyncLimits,
+) -> Result<Vec<(u32, Body)>, ImapError> {
+    let wanted: Vec<u32> = batch
+        .iter()
+        .filter(|m| m.size <= limits.max_message_bytes)
+        .map(|m| m.uid)
+        .collect();
+    bodies(
+        session,
+        server,
+        user,
+        &wanted,
+        limits.max_message_bytes,
+        limits.command_timeout,
+    )
+    .await
+}
+
+/// The store items of one batch in UID order: oversized and over-cap messages as skipped,
+/// fetched ones parsed. Parsing is CPU work bounded by the parser's own limits; it runs off
+/// the async threads (so sessions and lease renewal stay responsive), on as many blocking
+/// tasks as there are cores, each taking every n-th message.
+async fn batch_items(
+    batch: &[Announced],
+    fetched: Vec<(u32, Body)>,
+    limits: &SyncLimits,
+) -> Result<Vec<BatchItem>, StoreError> {
+    let mut items: Vec<Option<BatchItem>> = Vec::with_capacity(batch.len());
+    let mut raws = Vec::new();
+    let mut fetched = fetched.into_iter().peekable();
+    for message in batch {
+        if message.size > limits.max_message_bytes {
+            items.push(Some(skipped(
+                message.uid,
+                message.size,
+                limits.max_message_bytes,
+            )));
+            continue;
+        }
+        match fetched.next_if(|(uid, _)| *uid == message.uid) {
+            Some((uid, Body::Complete(raw))) => {
+                raws.push((items.len(), uid, raw));
+                items.push(None);
+            }
+            Some((uid, Body::OverCap)) => {
+                items.push(Some(skipped(uid, message.size, limits.max_message_bytes)))
+            }
+            // Expunged between the two FETCHes: nothing to store, and the checkpoint may
+            // pass it.
+            None => {}
+        }
+    }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(raws.len())
+        .max(1);
+    let mut groups: Vec<Vec<(usize, u32, Vec<u8>)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (n, raw) in raws.into_iter().enumerate() {
+        groups[n % workers].push(raw);
+    }
+    let tasks: Vec<_> = groups
+        .into_iter()
+        .map(|group| {
+            tokio::task::spawn_blocking(move || {
+                group
+                    .into_iter()
+                    .map(|(slot, uid, raw)| (slot, IncomingMessage::parse(uid, raw)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for task in tasks {
+        let parsed = task.await.map_err(|error| StoreError::InvalidArgument {
+            field: "message",
+            problem: format!("parser task failed: {error}"),
+        })?;
+        for (slot, incoming) in parsed {
+            items[slot] = Some(BatchItem::Message(Box::new(incoming)));
+        }
+    }
+    Ok(items.into_iter().flatten().collect())
 }
 
 fn skipped(uid: u32, size: u64, limit: u64) -> BatchItem {
@@ -331,6 +402,54 @@ mod tests {
                 size: *size,
             })
             .collect()
+    }
+
+    /// Items come out in UID order whatever worker parsed them: oversized ones skipped
+    /// without a body, an over-cap body skipped, an expunged one (no body) left out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batch_items_keep_uid_order_and_skip_what_they_must() {
+        let limits = SyncLimits {
+            max_message_bytes: 1000,
+            ..SyncLimits::default()
+        };
+        let raw = |uid: u32| {
+            format!("Message-ID: <m{uid}@example.com>\r\nSubject: s{uid}\r\n\r\nbody {uid}\r\n")
+                .into_bytes()
+        };
+        let mut batch = announced(&[10; 12]);
+        batch[3].size = 5000;
+        let fetched: Vec<(u32, Body)> = batch
+            .iter()
+            .filter(|m| m.size <= limits.max_message_bytes && m.uid != 8)
+            .map(|m| {
+                let body = if m.uid == 6 {
+                    Body::OverCap
+                } else {
+                    Body::Complete(raw(m.uid))
+                };
+                (m.uid, body)
+            })
+            .collect();
+        let items = batch_items(&batch, fetched, &limits).await.expect("parsed");
+        let seen: Vec<(u32, bool)> = items
+            .iter()
+            .map(|item| match item {
+                BatchItem::Message(m) => {
+                    assert_eq!(
+                        m.parsed.message.message_id.as_deref(),
+                        Some(format!("m{}@example.com", m.uid).as_str()),
+                        "the body parsed is the one of its UID"
+                    );
+                    (m.uid, true)
+                }
+                BatchItem::Skipped { uid, .. } => (*uid, false),
+            })
+            .collect();
+        let expected: Vec<(u32, bool)> = (1..=12)
+            .filter(|uid| *uid != 8)
+            .map(|uid| (uid, uid != 4 && uid != 6))
+            .collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]
