@@ -20,6 +20,7 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 use serde_json::json;
 use threatmail_proto::v1 as pb;
@@ -627,8 +628,19 @@ async fn add_source(
         .map_err(|s| rpc_error("CreateSource", s))?
         .into_inner();
     if !add.select.is_empty() {
-        let selection = selection_with(&saved, &add.select, &[])?;
-        saved = set_folders(&mut client, &saved, selection).await?;
+        let saved_note = || {
+            format!(
+                "source {:?} ({}) was saved, but its folders were not selected (choose them \
+                 with `threatmail source folders {} --select …`)",
+                spec.name.trim(),
+                saved.id,
+                saved.id
+            )
+        };
+        let selection = selection_with(&saved, &add.select, &[]).with_context(saved_note)?;
+        saved = set_folders(&mut client, &saved, selection)
+            .await
+            .with_context(saved_note)?;
     }
     if json {
         print_json(&json!({

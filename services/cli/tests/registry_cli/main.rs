@@ -219,6 +219,26 @@ async fn add_prints_the_tree_then_folders_list_show_update_rm() -> anyhow::Resul
         .await?;
     // INBOX is in the selection (not fetched): deselecting it again is fine.
     not_selected.expect(0);
+
+    // A folder that does not exist, chosen while adding: saved, and told so.
+    let form = h.form("Third");
+    let mut args: Vec<&str> = vec!["source", "add", "--select", "Nope"];
+    args.extend(form.iter().map(String::as_str));
+    let third = h.run(&args, Some(&secret)).await?.expect(1);
+    assert!(
+        third
+            .stderr
+            .contains("was saved, but its folders were not selected"),
+        "{}",
+        third.stderr
+    );
+    assert!(
+        third.stderr.contains("validation.folder_not_found"),
+        "{}",
+        third.stderr
+    );
+    h.run(&["source", "rm", "Third"], None).await?.expect(0);
+
     let unknown = h
         .run(
             &[
@@ -314,6 +334,29 @@ async fn add_prints_the_tree_then_folders_list_show_update_rm() -> anyhow::Resul
     assert_eq!(
         next["source"]["tags"],
         serde_json::json!(["phish", "reported"])
+    );
+
+    // secret: the current one replaced (here by the same value, from a file).
+    let replaced = h
+        .run(
+            &[
+                "source",
+                "secret",
+                &second_id,
+                "--secret-key-file",
+                secret_file.to_str().unwrap_or_default(),
+                "--expires",
+                "2099-06-30",
+                "--json",
+            ],
+            None,
+        )
+        .await?
+        .expect(0);
+    assert_no_secret(&replaced, &secret);
+    assert_eq!(
+        replaced.json()["source"]["secret_expires"],
+        "2099-06-30T00:00:00Z"
     );
 
     // test: Save and Continue again with the stored secrets.
