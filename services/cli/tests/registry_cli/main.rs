@@ -9,6 +9,8 @@ use serde_json::Value;
 use threatmail_source::status::{ConnectionState, FolderError, FolderStatus};
 use threatmail_source::{SourceId, SourceStore};
 
+use threatmail_testkit::tenant::PHISH_MAILBOX;
+
 use crate::harness::{Harness, PHISH_REPORTS, Run};
 
 fn names(folders: &Value) -> Vec<(String, bool)> {
@@ -534,6 +536,44 @@ async fn a_failed_save_and_continue_prints_its_diagnosis_exits_1_and_saves_nothi
         Some(0),
         "nothing was saved"
     );
+
+    // A password source (any other IMAP server): a wrong password names the field, the
+    // right one lists the folders.
+    let password = "Correct-Horse-7";
+    {
+        let dovecot = &h.stack.dovecot;
+        tokio::task::block_in_place(|| dovecot.set_password(PHISH_MAILBOX, password))?;
+    }
+    let imaps = h.stack.dovecot.imaps_addr();
+    let (host, port) = (imaps.ip().to_string(), imaps.port().to_string());
+    let args = [
+        "source",
+        "add",
+        "--name",
+        "Lab mailbox",
+        "--auth-type",
+        "password",
+        "--email",
+        PHISH_MAILBOX,
+        "--host",
+        &host,
+        "--port",
+        &port,
+    ];
+    let run = h.run(&args, Some("not-the-password")).await?.expect(1);
+    assert!(
+        run.stdout.contains("imap.authenticate_failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("secret_key:"), "{}", run.stdout);
+    let run = h.run(&args, Some(password)).await?.expect(0);
+    assert!(
+        run.stdout.contains(&format!("[ ] {PHISH_REPORTS}")),
+        "{}",
+        run.stdout
+    );
+    assert_no_secret(&run, password);
     h.stop().await
 }
 
