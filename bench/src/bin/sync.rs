@@ -24,11 +24,12 @@
 //! through `PassCmd`.
 //!
 //! ```text
-//! cargo run --release -p threatmail-bench --bin sync -- [--messages 12000] [--rounds 3] [--mbsync-auth auto|xoauth2|login]
+//! cargo run --release -p threatmail-bench --bin sync -- [--messages 12000] [--rounds 3] [--mbsync-auth auto|xoauth2|login] [--only ceiling|ours|mbsync]
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -60,6 +61,10 @@ struct Args {
     messages: usize,
     rounds: usize,
     mbsync_auth: MbsyncAuth,
+    /// Run only one contender (for profiling).
+    only: Option<Contender>,
+    /// Ours keeps blobs in memory instead of a directory (to see the disk's share).
+    memory_blobs: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -67,6 +72,8 @@ fn args() -> anyhow::Result<Args> {
         messages: 12_000,
         rounds: 3,
         mbsync_auth: MbsyncAuth::Auto,
+        only: None,
+        memory_blobs: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -84,7 +91,22 @@ fn args() -> anyhow::Result<Args> {
                     _ => bail!("--mbsync-auth takes auto, xoauth2 or login"),
                 }
             }
-            _ => bail!("unknown argument {arg}; use --messages, --rounds, --mbsync-auth"),
+            "--blobs" => {
+                parsed.memory_blobs = match value.as_str() {
+                    "dir" => false,
+                    "memory" => true,
+                    _ => bail!("--blobs takes dir or memory"),
+                }
+            }
+            "--only" => {
+                parsed.only = Some(match value.as_str() {
+                    "ceiling" => Contender::Ceiling,
+                    "ours" => Contender::Ours,
+                    "mbsync" => Contender::Mbsync,
+                    _ => bail!("--only takes ceiling, ours or mbsync"),
+                })
+            }
+            _ => bail!("unknown argument {arg}; use --messages, --rounds, --mbsync-auth, --only"),
         }
     }
     Ok(parsed)
@@ -134,6 +156,13 @@ struct Run {
     bytes: u64,
     /// The folder's size (the same for every contender): MB/s are of this.
     folder_bytes: u64,
+    /// CPU on the client side: this process (ceiling), this process and Redis (ours),
+    /// the mbsync process (mbsync).
+    client_cpu: Duration,
+    /// CPU of Dovecot's processes for the session (imap-login's TLS, imap).
+    server_cpu: Duration,
+    /// Of `client_cpu`, Redis's share (ours only).
+    redis_cpu: Duration,
 }
 
 impl Run {
@@ -144,14 +173,63 @@ impl Run {
     fn megabytes_per_second(&self) -> f64 {
         self.folder_bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
     }
+
+    fn client_cpu_per_message(&self) -> Duration {
+        self.client_cpu / u32::try_from(self.messages.max(1)).unwrap_or(u32::MAX)
+    }
+
+    fn redis_cpu_per_message(&self) -> Duration {
+        self.redis_cpu / u32::try_from(self.messages.max(1)).unwrap_or(u32::MAX)
+    }
+
+    fn server_cpu_per_message(&self) -> Duration {
+        self.server_cpu / u32::try_from(self.messages.max(1)).unwrap_or(u32::MAX)
+    }
+}
+
+/// CPU times at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// This process's threads.
+    own: Duration,
+    /// This process's children that have been waited for (mbsync).
+    children: Duration,
+    /// Dovecot's master and its reaped children (a session's imap-login and imap
+    /// processes are counted once they have exited).
+    dovecot: Duration,
+    /// redis-server (`INFO cpu`).
+    redis: Duration,
+}
+
+/// (user + system, children's user + system) of a process, from `/proc/<pid>/stat`.
+fn proc_cpu(pid: &str) -> anyhow::Result<(Duration, Duration)> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("failed to read {path}"))?;
+    // Fields after the command name (in parentheses, may hold spaces): utime, stime,
+    // cutime, cstime are fields 14 to 17 of the line, 12 to 15 after the name.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed stat")?;
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    anyhow::ensure!(fields.len() == 4, "malformed {path}");
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    let ticks = |t: u64| Duration::from_millis(t * 10);
+    Ok((ticks(fields[0] + fields[1]), ticks(fields[2] + fields[3])))
 }
 
 struct Bench {
     stack: LocalStack,
-    tls: std::sync::Arc<rustls::ClientConfig>,
+    tls: Arc<rustls::ClientConfig>,
     expected_messages: usize,
     expected_bytes: u64,
     scratch: PathBuf,
+    memory_blobs: bool,
 }
 
 impl Bench {
@@ -161,6 +239,37 @@ impl Bench {
             port: self.stack.dovecot.imaps_addr().port(),
             tls: true,
         }
+    }
+
+    /// CPU times now; Dovecot's after a pause, so that a session that just logged out has
+    /// been reaped by its master.
+    async fn cpu(&self) -> anyhow::Result<Cpu> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (own, children) = proc_cpu("self")?;
+        let pid_file = self
+            .stack
+            .dovecot
+            .mail_dir()
+            .parent()
+            .context("the mail dir has a parent")?
+            .join("run/master.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("failed to read {}", pid_file.display()))?;
+        let (master, reaped) = proc_cpu(pid.trim())?;
+        let mut conn = self.stack.redis.connection_manager().await?;
+        let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+        let seconds = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(Cpu {
+            own,
+            children,
+            dovecot: master + reaped,
+            redis: Duration::from_secs_f64(seconds("used_cpu_user:") + seconds("used_cpu_sys:")),
+        })
     }
 
     /// A stand-in token, fetched before the clock starts (a fetcher gets it from the
@@ -184,6 +293,7 @@ impl Bench {
     /// The ceiling: a bare `UID FETCH 1:* BODY.PEEK[]`, every body read.
     async fn ceiling(&self) -> anyhow::Result<Run> {
         let token = self.token().await?;
+        let before = self.cpu().await?;
         let started = Instant::now();
         let mut session = self.session(token).await?;
         session.examine(FOLDER).await?;
@@ -199,11 +309,16 @@ impl Bench {
             }
         }
         session.logout().await?;
+        let elapsed = started.elapsed();
+        let after = self.cpu().await?;
         let run = Run {
-            elapsed: started.elapsed(),
+            elapsed,
             messages,
             bytes,
             folder_bytes: self.expected_bytes,
+            client_cpu: after.own.saturating_sub(before.own),
+            server_cpu: after.dovecot.saturating_sub(before.dovecot),
+            redis_cpu: Duration::ZERO,
         };
         self.check("ceiling", &run)?;
         Ok(run)
@@ -217,7 +332,11 @@ impl Bench {
         remove_if_there(&blobs)?;
         let store = Store::new(
             self.stack.redis.connection_manager().await?,
-            BlobStore::directory(&blobs),
+            if self.memory_blobs {
+                BlobStore::object_store(Arc::new(object_store::memory::InMemory::new()), "")
+            } else {
+                BlobStore::directory(&blobs)
+            },
         );
         let source_id = SourceId::new_random();
         let limits = SyncLimits {
@@ -225,6 +344,7 @@ impl Bench {
             ..SyncLimits::default()
         };
         let token = self.token().await?;
+        let before = self.cpu().await?;
         let started = Instant::now();
         let mut session = self.session(token).await?;
         let lease = store
@@ -243,6 +363,7 @@ impl Bench {
         store.release_lease(&lease).await?;
         session.logout().await?;
         let elapsed = started.elapsed();
+        let after = self.cpu().await?;
         let stored = store.count(&source_id).await?;
         if report.stored != self.expected_messages || stored != self.expected_messages {
             bail!(
@@ -254,8 +375,15 @@ impl Bench {
         let run = Run {
             elapsed,
             messages: report.stored,
-            bytes: dir_bytes(&blobs)?.1,
+            bytes: if self.memory_blobs {
+                self.expected_bytes
+            } else {
+                dir_bytes(&blobs)?.1
+            },
             folder_bytes: self.expected_bytes,
+            client_cpu: (after.own + after.redis).saturating_sub(before.own + before.redis),
+            server_cpu: after.dovecot.saturating_sub(before.dovecot),
+            redis_cpu: after.redis.saturating_sub(before.redis),
         };
         self.check("ours", &run)?;
         remove_if_there(&blobs)?;
@@ -263,7 +391,7 @@ impl Bench {
     }
 
     /// mbsync into a fresh Maildir.
-    fn mbsync(&self, auth: MbsyncAuth, secret: &str) -> anyhow::Result<Run> {
+    async fn mbsync(&self, auth: MbsyncAuth, secret: &str) -> anyhow::Result<Run> {
         let dir = self.scratch.join("sync-mbsync");
         remove_if_there(&dir)?;
         std::fs::create_dir_all(dir.join("maildir"))?;
@@ -304,6 +432,7 @@ impl Bench {
             maildir = dir.join("maildir").display(),
         );
         write_private(&config, text.as_bytes())?;
+        let before = self.cpu().await?;
         let started = Instant::now();
         let output = Command::new("mbsync")
             .arg("-q")
@@ -314,6 +443,7 @@ impl Bench {
             .output()
             .context("failed to run mbsync (Debian package isync)")?;
         let elapsed = started.elapsed();
+        let after = self.cpu().await?;
         if !output.status.success() {
             bail!(
                 "mbsync ({mechanism}) failed with {}: {}{}",
@@ -330,6 +460,9 @@ impl Bench {
             messages: new + cur,
             bytes: new_bytes + cur_bytes,
             folder_bytes: self.expected_bytes,
+            client_cpu: after.children.saturating_sub(before.children),
+            server_cpu: after.dovecot.saturating_sub(before.dovecot),
+            redis_cpu: Duration::ZERO,
         };
         remove_if_there(&dir)?;
         self.check("mbsync", &run)?;
@@ -471,11 +604,15 @@ async fn main() -> anyhow::Result<()> {
         expected_messages: args.messages,
         expected_bytes,
         scratch: threatmail_bench::scratch_dir()?,
+        memory_blobs: args.memory_blobs,
     };
 
     // mbsync's login: XOAUTH2 through the SASL plugin when it works, else a password (the
     // mailbox has none until then, so an XOAUTH2 run cannot have used one).
     let mbsync_auth = match args.mbsync_auth {
+        MbsyncAuth::Auto if args.only.is_some_and(|only| only != Contender::Mbsync) => {
+            MbsyncAuth::Login
+        }
         MbsyncAuth::Auto => {
             let token = bench.stack.primary_token().await?.access_token;
             match probe_mbsync_xoauth2(&bench, &token).await {
@@ -500,6 +637,9 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..args.rounds {
         for k in 0..ORDER.len() {
             let contender = ORDER[(round + k) % ORDER.len()];
+            if args.only.is_some_and(|only| only != contender) {
+                continue;
+            }
             let run = match contender {
                 Contender::Ceiling => bench.ceiling().await?,
                 Contender::Ours => bench.ours().await?,
@@ -508,16 +648,19 @@ async fn main() -> anyhow::Result<()> {
                         MbsyncAuth::XOAuth2 => bench.stack.primary_token().await?.access_token,
                         _ => password.clone(),
                     };
-                    bench.mbsync(mbsync_auth, &secret)?
+                    bench.mbsync(mbsync_auth, &secret).await?
                 }
             };
             println!(
-                "round {}: {contender:?}: {} messages in {:.2} s = {:.0} msg/s, {:.1} MB/s",
+                "round {}: {contender:?}: {} messages in {:.2} s = {:.0} msg/s, {:.1} MB/s; CPU per message: client {:.0} us (Redis {:.0} us), Dovecot {:.0} us",
                 round + 1,
                 run.messages,
                 run.elapsed.as_secs_f64(),
                 run.per_second(),
-                run.megabytes_per_second()
+                run.megabytes_per_second(),
+                run.client_cpu_per_message().as_secs_f64() * 1e6,
+                run.redis_cpu_per_message().as_secs_f64() * 1e6,
+                run.server_cpu_per_message().as_secs_f64() * 1e6,
             );
             runs.push((contender, run));
         }
@@ -535,11 +678,23 @@ async fn main() -> anyhow::Result<()> {
         of(Contender::Mbsync),
     );
     for (name, list) in [("ceiling", &ceiling), ("ours", &ours), ("mbsync", &mbsync)] {
+        if list.is_empty() {
+            continue;
+        }
+        let cpu = |f: fn(&Run) -> Duration| {
+            median(list.iter().map(|r| f(r).as_secs_f64() * 1e6).collect())
+        };
         println!(
-            "{name}: median {:.0} msg/s, {:.1} MB/s",
+            "{name}: median {:.0} msg/s, {:.1} MB/s; CPU per message: client {:.0} us (Redis {:.0} us), Dovecot {:.0} us",
             median(list.iter().map(Run::per_second).collect()),
             median(list.iter().map(Run::megabytes_per_second).collect()),
+            cpu(Run::client_cpu_per_message),
+            cpu(Run::redis_cpu_per_message),
+            cpu(Run::server_cpu_per_message),
         );
+    }
+    if args.only.is_some() {
+        return Ok(());
     }
     // Ratios per round (each round ran all three back to back), then their median.
     let per_round = |a: &[Run], b: &[Run]| -> Vec<f64> {
