@@ -33,6 +33,7 @@ pub type BrokerCache = TokenCache<RedisStore, EntraError>;
 
 /// A source's credentials, opened, with the cache key of each secret.
 struct Resolved {
+    source_id: SourceId,
     credentials: Credentials,
     endpoints: CloudEndpoints,
     keys: Vec<CacheKey>,
@@ -48,7 +49,9 @@ pub struct Broker {
     cache: BrokerCache,
     clock: Arc<dyn Clock>,
     source_ttl: Duration,
-    resolved: RwLock<HashMap<SourceId, Arc<Resolved>>>,
+    /// Opened sources by id (the id's text, so the hot path looks one up without parsing
+    /// or copying the requested id).
+    resolved: RwLock<HashMap<String, Arc<Resolved>>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -129,21 +132,24 @@ impl Broker {
         )
     }
 
+    /// The opened source `source_id` if it was opened less than `source_ttl` ago.
+    fn recently_resolved(&self, source_id: &str, now: UnixMs) -> Option<Arc<Resolved>> {
+        self.resolved
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(source_id)
+            .filter(|resolved| now - resolved.loaded_at < ms(self.source_ttl))
+            .cloned()
+    }
+
     async fn resolve(
         &self,
         source_id: &SourceId,
         fresh: bool,
     ) -> Result<Arc<Resolved>, BrokerError> {
         let now = self.clock.now_ms();
-        if !fresh
-            && let Some(resolved) = self
-                .resolved
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(source_id)
-            && now - resolved.loaded_at < ms(self.source_ttl)
-        {
-            return Ok(Arc::clone(resolved));
+        if !fresh && let Some(resolved) = self.recently_resolved(source_id.as_str(), now) {
+            return Ok(resolved);
         }
         let record = match self.sources.get(source_id).await {
             Ok(Some(record)) => record,
@@ -186,6 +192,7 @@ impl Broker {
             .map(|secret| Self::key_of(&endpoints, &credentials, secret))
             .collect();
         let resolved = Arc::new(Resolved {
+            source_id: source_id.clone(),
             credentials,
             endpoints,
             keys,
@@ -194,7 +201,7 @@ impl Broker {
         self.resolved
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(source_id.clone(), Arc::clone(&resolved));
+            .insert(source_id.as_str().to_owned(), Arc::clone(&resolved));
         Ok(resolved)
     }
 
@@ -211,11 +218,16 @@ impl Broker {
         source_id: &str,
         want: Want,
     ) -> Result<pb::GetTokenResponse, BrokerError> {
-        let source_id = Self::parse_id(source_id)?;
-        let resolved = self.resolve(&source_id, false).await?;
+        // Only an id that was opened before is in the map, so a hit needs no parsing.
+        let resolved = match self.recently_resolved(source_id.trim(), self.clock.now_ms()) {
+            Some(resolved) => resolved,
+            None => self.resolve(&Self::parse_id(source_id)?, false).await?,
+        };
         let credentials = &resolved.credentials;
         if !credentials.enabled {
-            return Err(BrokerError::SourceDisabled { source_id });
+            return Err(BrokerError::SourceDisabled {
+                source_id: resolved.source_id.clone(),
+            });
         }
         let mut expired_before: Option<SecretSlot> = None;
         let mut last_error = None;
@@ -248,7 +260,9 @@ impl Broker {
                 Err(other) => return Err(self.cache_error(other)),
             }
         }
-        Err(last_error.unwrap_or(BrokerError::NoSecret { source_id }))
+        Err(last_error.unwrap_or_else(|| BrokerError::NoSecret {
+            source_id: resolved.source_id.clone(),
+        }))
     }
 
     /// The request for the source's `index`th secret, made only if the cache needs it
@@ -425,7 +439,7 @@ impl Broker {
         self.resolved
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&source_id);
+            .remove(source_id.as_str());
         let resolved = self.resolve(&source_id, true).await?;
         let mut removed = false;
         for key in &resolved.keys {

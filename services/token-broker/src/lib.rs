@@ -102,15 +102,8 @@ pub async fn run(
         grpc::TokenBrokerService::new(broker),
     ));
     tracing::info!(listen = %config.listen, "token-broker starting");
-    // As `threatmail_runtime::serve`, but with TCP_NODELAY on accepted connections: tonic
-    // ignores its own `tcp_nodelay` for a caller-supplied incoming stream, and without it a
-    // reply larger than a segment (a token is ~1.5 KB) waits for the peer's delayed ACK,
-    // about 40 ms on Linux.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    threatmail_runtime::grpc_server()
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+    let router = threatmail_runtime::grpc_server().add_service(service);
+    threatmail_runtime::serve(router, listener, shutdown).await?;
     cache.shutdown(threatmail_runtime::SHUTDOWN_GRACE).await;
     tracing::info!("token-broker stopped");
     Ok(())
