@@ -2,17 +2,15 @@
 //!
 //! - `tm-stack up [--corpus DIR]`: start Redis, Dovecot and the Entra stand-in with the
 //!   "everything right" tenant, print how to reach them, run until Ctrl-C.
-//! - `tm-stack demo [--corpus DIR]`: the same, then load the corpus into a mailbox split
-//!   over `INBOX` and `Phish Reports`, get a token from the stand-in over HTTPS, log in with
-//!   XOAUTH2 over TLS as the fetcher will, list the folders and check every message is there.
+//!
+//! The demo of the whole system (`scripts/demo`) is `tm-demo` in the `threatmail-e2e`
+//! package: it runs threatmail itself on this stack.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use clap::{Parser, Subcommand};
-use threatmail_testkit::imap::{LoginOutcome, folder_counts, login_xoauth2};
 use threatmail_testkit::stack::LocalStack;
 use threatmail_testkit::tenant::{
     INTEL_MAILBOX, Mailbox, PHISH_MAILBOX, TenantFixture, sample_message,
@@ -39,12 +37,6 @@ enum Command {
         #[arg(long)]
         corpus: Option<PathBuf>,
     },
-    /// Start the stack, load mail, and show an XOAUTH2 login and the folder list.
-    Demo {
-        /// A folder of .eml files (default: a few generated messages).
-        #[arg(long)]
-        corpus: Option<PathBuf>,
-    },
 }
 
 #[tokio::main]
@@ -52,7 +44,6 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Up { corpus } => up(corpus.as_deref()).await,
-        Command::Demo { corpus } => demo(corpus.as_deref()).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,82 +154,4 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .open(path)?;
     file.write_all(text.as_bytes())?;
     Ok(())
-}
-
-async fn demo(corpus: Option<&Path>) -> anyhow::Result<()> {
-    let (fixture, total) = fixture(corpus)?;
-    let stack = LocalStack::start(fixture).await?;
-    describe(&stack)?;
-    match corpus {
-        Some(dir) => println!(
-            "loaded {total} messages from {} into {PHISH_MAILBOX}",
-            dir.display()
-        ),
-        None => println!("loaded {total} generated messages into {PHISH_MAILBOX}"),
-    }
-
-    let token = stack.primary_token().await?;
-    let claims = decode_claims(&token.access_token);
-    println!(
-        "token from the stand-in: {}, expires in {} s, aud {}, roles {}, oid {}",
-        token.token_type,
-        token.expires_in,
-        claims["aud"].as_str().unwrap_or("?"),
-        claims["roles"],
-        claims["oid"].as_str().unwrap_or("?"),
-    );
-
-    let tls = stack.tls()?;
-    let addr = stack.dovecot.imaps_addr();
-    let mut session =
-        match login_xoauth2(addr, tls.clone(), PHISH_MAILBOX, &token.access_token).await? {
-            LoginOutcome::LoggedIn(session) => session,
-            LoginOutcome::Refused(text) => {
-                anyhow::bail!("XOAUTH2 login as {PHISH_MAILBOX} refused: {text}")
-            }
-        };
-    println!("AUTHENTICATE XOAUTH2 as {PHISH_MAILBOX} over TLS: OK");
-    let counts = folder_counts(&mut session).await?;
-    println!("  {:<20} {:>8}", "folder", "messages");
-    for folder in &counts {
-        println!("  {:<20} {:>8}", folder.display_name, folder.messages);
-    }
-    let _ = session.logout().await;
-    let seen: usize = counts.iter().map(|f| f.messages as usize).sum();
-
-    match login_xoauth2(addr, tls.clone(), INTEL_MAILBOX, &token.access_token).await? {
-        LoginOutcome::LoggedIn(mut session) => {
-            println!("the same token opens {INTEL_MAILBOX} (FullAccess granted): OK");
-            let _ = session.logout().await;
-        }
-        LoginOutcome::Refused(text) => anyhow::bail!("{INTEL_MAILBOX} refused the token: {text}"),
-    }
-    let ungranted = "ceo@corp.example";
-    match login_xoauth2(addr, tls, ungranted, &token.access_token).await? {
-        LoginOutcome::Refused(text) => {
-            println!("{ungranted} (no FullAccess) refuses it, as Exchange would: {text}")
-        }
-        LoginOutcome::LoggedIn(_) => anyhow::bail!("{ungranted} let the token in without a grant"),
-    }
-
-    anyhow::ensure!(
-        seen == total,
-        "expected {total} messages in {PHISH_MAILBOX}, found {seen}"
-    );
-    println!("demo OK: all {total} messages are in the mailbox; stopping the stack");
-    Ok(())
-}
-
-/// The token's claims, decoded without verification (for display only).
-fn decode_claims(token: &str) -> serde_json::Value {
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|payload| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .ok()
-        })
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or(serde_json::Value::Null)
 }

@@ -539,7 +539,9 @@ struct Summary {
     folders: BTreeMap<String, usize>,
     /// Per indicator type: distinct values and messages holding at least one.
     types: BTreeMap<String, (BTreeSet<String>, usize)>,
-    /// Messages naming each domain.
+    /// Messages naming each domain in their content (subject, bodies, attachments): the
+    /// mail servers of transport headers (`Received`, `Authentication-Results`) would
+    /// crowd out what a sender wrote.
     domains: BTreeMap<String, usize>,
     tlp: BTreeMap<String, usize>,
     defanged: usize,
@@ -567,7 +569,8 @@ impl Summary {
             let (values, _) = self.types.entry(indicator.r#type.clone()).or_default();
             values.insert(indicator.value.clone());
             types_here.insert(indicator.r#type.as_str());
-            if indicator.r#type == "domain" {
+            let in_content = indicator.locations.iter().any(|l| l.source != "header");
+            if indicator.r#type == "domain" && in_content {
                 *self.domains.entry(indicator.value.clone()).or_default() += 1;
             }
             self.defanged += usize::from(indicator.defanged);
@@ -634,7 +637,11 @@ impl Summary {
         for (kind, (values, messages)) in &self.types {
             writeln!(out, "  {kind:<10} {:>9} {messages:>9}", values.len())?;
         }
-        writeln!(out, "\n  {:<48} {:>9}", "MOST FREQUENT DOMAINS", "MESSAGES")?;
+        writeln!(
+            out,
+            "\n  {:<48} {:>9}",
+            "MOST FREQUENT DOMAINS (IN CONTENT)", "MESSAGES"
+        )?;
         for (domain, n) in self.top_domains(top) {
             writeln!(out, "  {:<48} {n:>9}", one_line(domain, 48))?;
         }
@@ -801,6 +808,15 @@ mod tests {
                     r#type: (*kind).to_owned(),
                     value: (*value).to_owned(),
                     defanged: value.contains("bad"),
+                    locations: vec![pb::FoundAt {
+                        source: if value.starts_with("mx.") {
+                            "header"
+                        } else {
+                            "html"
+                        }
+                        .to_owned(),
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 })
                 .collect(),
@@ -817,6 +833,7 @@ mod tests {
             &[
                 ("domain", "bad.example.com"),
                 ("domain", "x.example.net"),
+                ("domain", "mx.example.org"),
                 ("ipv4", "192.0.2.1"),
             ],
             "TLP:AMBER",
@@ -833,7 +850,7 @@ mod tests {
             "a message counts once per folder"
         );
         assert_eq!(summary.folders["Phish Reports"], 1);
-        assert_eq!(summary.types["domain"].0.len(), 2);
+        assert_eq!(summary.types["domain"].0.len(), 3);
         assert_eq!(summary.types["domain"].1, 2);
         assert_eq!(summary.types["ipv4"].1, 1);
         assert_eq!(
@@ -845,8 +862,13 @@ mod tests {
         assert_eq!(summary.tlp["none"], 1);
         assert_eq!(summary.defanged, 2);
         let json = summary.to_json(10);
-        assert_eq!(json["indicators"]["domain"]["distinct"], 2);
+        assert_eq!(json["indicators"]["domain"]["distinct"], 3);
         assert_eq!(json["top_domains"][1]["domain"], "x.example.net");
+        assert_eq!(
+            json["top_domains"].as_array().map(Vec::len),
+            Some(2),
+            "a domain only in transport headers is not ranked"
+        );
     }
 
     #[test]
