@@ -407,6 +407,20 @@ impl Store {
             .map_err(redis_error("count records", source.as_str()))
     }
 
+    /// The number of records of `source` seen in `folder` (raw name), however often and
+    /// under whichever UIDVALIDITY.
+    pub async fn count_in_folder(&self, source: &SourceId, folder: &str) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        // Members are `<folder>\0<sort key>`: the folder's range is [folder\0, folder\x01).
+        redis::cmd("ZLEXCOUNT")
+            .arg(keys::folder_index_key(source))
+            .arg([b"[".as_slice(), folder.as_bytes(), b"\0"].concat())
+            .arg([b"(".as_slice(), folder.as_bytes(), b"\x01"].concat())
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("count records", source.as_str()))
+    }
+
     /// One page of `query`.
     pub async fn list(&self, query: &ListQuery) -> Result<ListPage> {
         if query.page_size == 0 || query.page_size > MAX_PAGE {

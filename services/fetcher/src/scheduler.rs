@@ -619,16 +619,25 @@ impl Inner {
 
     /// Writes the folder's status after an attempt and sets its back-off.
     async fn finish(&self, record: &SourceRecord, folder: &str, outcome: Outcome) {
+        // A source deleted meanwhile keeps no status (its keys went with it).
+        if matches!(self.sources.get(&record.id).await, Ok(None)) {
+            return;
+        }
         let mut status = self.status(&record.id, folder).await;
+        // Counted from the store, so batches committed by an attempt that failed later (or
+        // by a fetcher that died before writing its status) are counted too.
+        match self.store.count_in_folder(&record.id, folder).await {
+            Ok(count) => status.messages_synced = count as u64,
+            Err(error) => {
+                tracing::warn!(folder = %folder, error = %error, "failed to count a folder's records")
+            }
+        }
         let failure = match outcome {
             Outcome::Synced(report) => {
                 self.succeed(&record.id, folder);
                 status.last_poll = Some(unix_now());
                 status.uidvalidity = Some(report.uidvalidity);
                 status.last_uid = Some(report.last_uid);
-                status.messages_synced = status
-                    .messages_synced
-                    .saturating_add((report.stored + report.locations_added) as u64);
                 status.retry_count = 0;
                 status.last_error = None;
                 status.connection_state = ConnectionState::Idle;

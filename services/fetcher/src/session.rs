@@ -148,15 +148,31 @@ impl SourceSession {
             .await
     }
 
-    /// Logs out (bounded) and frees the slot.
-    pub async fn close(mut self, parts: &SessionParts) {
-        let _ = tokio::time::timeout(parts.connect_timeout, self.session.logout()).await;
-        release(parts, &self.user, &self.connection_id).await;
+    /// Logs out (bounded), closes the connection, then frees the slot (in that order, so
+    /// the server never sees more connections than the cap).
+    pub async fn close(self, parts: &SessionParts) {
+        let SourceSession {
+            mut session,
+            user,
+            connection_id,
+            ..
+        } = self;
+        let _ = tokio::time::timeout(parts.connect_timeout, session.logout()).await;
+        drop(session);
+        release(parts, &user, &connection_id).await;
     }
 
-    /// Frees the slot without talking to the server (the connection is broken).
+    /// Closes the connection without talking to the server (it is broken), then frees the
+    /// slot.
     pub async fn abandon(self, parts: &SessionParts) {
-        release(parts, &self.user, &self.connection_id).await;
+        let SourceSession {
+            session,
+            user,
+            connection_id,
+            ..
+        } = self;
+        drop(session);
+        release(parts, &user, &connection_id).await;
     }
 }
 

@@ -2,6 +2,7 @@
 //! real token broker, all in-process (one test binary, so it links once).
 
 mod auth;
+mod faults;
 mod harness;
 mod live;
 mod sync;

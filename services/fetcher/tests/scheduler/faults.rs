@@ -1,0 +1,166 @@
+//! Exchange's behaviours met by the scheduler, through the fault proxy in front of the real
+//! Dovecot: the fleet-wide connection cap, a response that cannot be parsed, throttling.
+
+use std::time::Duration;
+
+use threatmail_source::ConnectionState;
+use threatmail_testkit::exchange_proxy::{Fault, FaultKind, Script, When};
+use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture};
+
+use crate::harness::{Harness, report};
+
+fn fixture(folders: &[(&str, usize)]) -> TenantFixture {
+    let mut fixture = TenantFixture::everything_right();
+    let mut mailbox = Mailbox::new(PHISH_MAILBOX);
+    let mut n = 0;
+    for (folder, count) in folders {
+        mailbox = mailbox.with_messages(folder, (n + 1..=n + count).map(report).collect());
+        n += count;
+    }
+    *fixture
+        .primary_tenant_mut()
+        .expect("tenant")
+        .exchange
+        .mailbox_mut(PHISH_MAILBOX)
+        .expect("mailbox") = mailbox;
+    fixture
+}
+
+/// Two fetchers, four folders, a cap of one connection per mailbox: never two sessions at
+/// once, and every folder gets synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_across_fetchers() -> anyhow::Result<()> {
+    let folders = ["F1", "F2", "F3", "F4"];
+    let mut harness = Harness::start(fixture(
+        &folders.iter().map(|f| (*f, 3)).collect::<Vec<_>>(),
+    ))
+    .await?;
+    let proxy = harness.stack.exchange_proxy(Script::passthrough()).await?;
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &folders)
+        .await?;
+    for instance in ["fetcher-a", "fetcher-b"] {
+        let mut config = harness.fetcher_config(instance);
+        config.sync.connections_per_mailbox = 1;
+        harness.spawn_fetcher(config).await?;
+    }
+    for folder in folders {
+        harness
+            .wait_status("every folder to sync", &id, folder, |s| {
+                s.last_uid == Some(3)
+            })
+            .await?;
+    }
+    assert_eq!(harness.store.count(&id).await?, 12);
+    assert_eq!(proxy.control().peak_sessions(PHISH_MAILBOX), 1);
+    harness.stop().await
+}
+
+/// A line the parser rejects ends that connection (its read buffer holds the bad bytes);
+/// the sync resumes from the last committed UID on a new one, and the same bytes are not
+/// read again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparseable_response_ends_the_connection_and_the_sync_resumes() -> anyhow::Result<()> {
+    let mut harness = Harness::start(fixture(&[("Phish Reports", 12)])).await?;
+    // On a connection, UID FETCH 1 asks for sizes and 2, 3, … for batches of bodies: the
+    // second batch of the first two connections meets garbage.
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::passthrough().rule(
+                When::command("UID FETCH")
+                    .nth(3)
+                    .then(Fault::inject_line("* CAPABILITY IMAP4rev1  SASL-IR"))
+                    .times(2),
+            ),
+        )
+        .await?;
+    let id = harness
+        .add_source(
+            "Phishing reports",
+            PHISH_MAILBOX,
+            proxy.addr(),
+            &["Phish Reports"],
+        )
+        .await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.sync.batch_messages = 4;
+    harness.spawn_fetcher(config).await?;
+    let done = harness
+        .wait_status("the sync to complete", &id, "Phish Reports", |s| {
+            s.last_uid == Some(12) && s.connection_state == ConnectionState::Idle
+        })
+        .await?;
+    assert_eq!(proxy.control().script().rules()[0].fired(), 2);
+    assert_eq!(harness.store.count(&id).await?, 12);
+    assert_eq!(done.messages_synced, 12, "{done:?}");
+    assert_eq!((done.retry_count, &done.last_error), (0, &None));
+    // Each garbled connection was given up (no command after the garbage on it, not even
+    // LOGOUT), and the next one went on from the last commit (12 records, none twice).
+    let commands = proxy.control().commands_for(PHISH_MAILBOX);
+    for garbled in commands
+        .iter()
+        .filter(|c| c.fault == Some(FaultKind::Injected))
+    {
+        assert!(
+            !commands
+                .iter()
+                .any(|c| c.connection == garbled.connection && c.at > garbled.at),
+            "connection {} was used after the garbage",
+            garbled.connection
+        );
+    }
+    assert!(proxy.control().connections() >= 3);
+    harness.stop().await
+}
+
+/// Throttled: nothing reaches Exchange for that mailbox before the suggested back-off has
+/// passed; then the sync completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Result<()> {
+    let backoff = Duration::from_millis(1500);
+    let mut harness = Harness::start(fixture(&[("Phish Reports", 3)])).await?;
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::passthrough().rule(
+                When::command("EXAMINE")
+                    .then(Fault::throttle(backoff))
+                    .once(),
+            ),
+        )
+        .await?;
+    let id = harness
+        .add_source(
+            "Phishing reports",
+            PHISH_MAILBOX,
+            proxy.addr(),
+            &["Phish Reports"],
+        )
+        .await?;
+    let config = harness.fetcher_config("fetcher-a");
+    harness.spawn_fetcher(config).await?;
+    harness
+        .wait_status("the sync after the back-off", &id, "Phish Reports", |s| {
+            s.last_uid == Some(3)
+        })
+        .await?;
+    let commands = proxy.control().commands_for(PHISH_MAILBOX);
+    let throttled = commands
+        .iter()
+        .find(|c| c.fault == Some(FaultKind::Throttled))
+        .expect("the throttle fired");
+    let replied = throttled.replied_at.expect("the throttle was answered");
+    let next = proxy
+        .control()
+        .first_command_after(PHISH_MAILBOX, replied)
+        .expect("the fetcher came back");
+    assert!(
+        next.at.duration_since(replied) >= backoff,
+        "the next command ({}) came {:?} after the throttle",
+        next.name,
+        next.at.duration_since(replied)
+    );
+    assert_eq!(harness.store.count(&id).await?, 3);
+    harness.stop().await
+}
