@@ -256,7 +256,7 @@ impl Bench {
         let pid = std::fs::read_to_string(&pid_file)
             .with_context(|| format!("failed to read {}", pid_file.display()))?;
         let (master, reaped) = proc_cpu(pid.trim())?;
-        let mut conn = self.stack.redis.connection_manager().await?;
+        let mut conn = self.redis_connection().await?;
         let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
         let seconds = |key: &str| {
             info.lines()
@@ -270,6 +270,18 @@ impl Bench {
             dovecot: master + reaped,
             redis: Duration::from_secs_f64(seconds("used_cpu_user:") + seconds("used_cpu_sys:")),
         })
+    }
+
+    /// A Redis connection with the fetcher's reply timeout (its `command_timeout`; the
+    /// client's default half second is too short for a FLUSHALL of the last round).
+    async fn redis_connection(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(LIMIT));
+        Ok(self
+            .stack
+            .redis
+            .client()
+            .get_connection_manager_with_config(config)
+            .await?)
     }
 
     /// A stand-in token, fetched before the clock starts (a fetcher gets it from the
@@ -326,12 +338,12 @@ impl Bench {
 
     /// Ours: `sync_folder` into a fresh store (Redis flushed, a new blob directory).
     async fn ours(&self) -> anyhow::Result<Run> {
-        let mut admin = self.stack.redis.connection_manager().await?;
+        let mut admin = self.redis_connection().await?;
         let _: () = redis::cmd("FLUSHALL").query_async(&mut admin).await?;
         let blobs = self.scratch.join("sync-blobs");
         remove_if_there(&blobs)?;
         let store = Store::new(
-            self.stack.redis.connection_manager().await?,
+            self.redis_connection().await?,
             if self.memory_blobs {
                 BlobStore::object_store(Arc::new(object_store::memory::InMemory::new()), "")
             } else {
