@@ -7,6 +7,8 @@
 //! secret, API key, blobs, logs) and every process is stopped when the [`Deployment`] is
 //! dropped, so a run leaves nothing behind.
 
+pub mod demo;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -297,7 +299,7 @@ impl Deployment {
                 );
             }
         }
-        deployment.bootstrap_api_key()?;
+        deployment.bootstrap_api_key().await?;
         Ok(deployment)
     }
 
@@ -347,14 +349,14 @@ impl Deployment {
         command
     }
 
-    fn bootstrap_api_key(&self) -> anyhow::Result<()> {
+    async fn bootstrap_api_key(&self) -> anyhow::Result<()> {
         let key = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&self.api_key_file)?;
-        let output = self
-            .command()
+        let mut command = tokio::process::Command::from(self.command());
+        let output = command
             .env_remove("TM_API_KEY_FILE")
             .args([
                 "apikey",
@@ -369,7 +371,10 @@ impl Deployment {
             .arg(&self.config)
             .stdout(key)
             .stderr(Stdio::piped())
-            .output()?;
+            // spawn, not output(): output() would capture stdout instead of the file.
+            .spawn()?
+            .wait_with_output()
+            .await?;
         anyhow::ensure!(
             output.status.success(),
             "threatmail apikey create --bootstrap failed: {}",
@@ -378,12 +383,14 @@ impl Deployment {
         Ok(())
     }
 
-    /// Runs `threatmail args…` and returns what it printed.
-    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
-        self.command()
+    /// Runs `threatmail args…` and returns what it printed. Awaited, so the stack's
+    /// in-process servers (the Entra stand-in) keep answering meanwhile.
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        tokio::process::Command::from(self.command())
             .args(args)
             .stdin(Stdio::null())
             .output()
+            .await
             .with_context(|| format!("failed to run threatmail {}", args.join(" ")))
     }
 
