@@ -12,10 +12,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use mail_parser::parsers::MessageStream;
 use mail_parser::{
-    Address as MpAddress, Encoding, HeaderValue, Message, MessageParser, MimeHeaders, PartType,
+    Address as MpAddress, Encoding, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders,
+    PartType,
 };
 use md5::Md5;
 use sha1::Sha1;
@@ -52,6 +54,39 @@ fn is_opaque_header(name: &str) -> bool {
             && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     }
 }
+
+/// mail-parser's default header parsers, except that headers the walk only scans as raw bytes
+/// (`Received`, `List-*`, `References`, `Keywords`, ...) are kept raw instead of being parsed
+/// into structures nobody reads: `Received` alone is several long fields per message. What
+/// the record reads (originators, recipients, ids, date, subject, MIME headers) is parsed as
+/// mail-parser's default does (`parsers/header.rs`, the match for an empty header map).
+static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
+    MessageParser::new()
+        .header_text(HeaderName::Subject)
+        .header_text(HeaderName::ContentDescription)
+        .header_text(HeaderName::ContentLocation)
+        .header_text(HeaderName::ContentTransferEncoding)
+        .header_address(HeaderName::From)
+        .header_address(HeaderName::To)
+        .header_address(HeaderName::Cc)
+        .header_address(HeaderName::Bcc)
+        .header_address(HeaderName::ReplyTo)
+        .header_address(HeaderName::Sender)
+        .header_address(HeaderName::ResentTo)
+        .header_address(HeaderName::ResentFrom)
+        .header_address(HeaderName::ResentBcc)
+        .header_address(HeaderName::ResentCc)
+        .header_address(HeaderName::ResentSender)
+        .header_date(HeaderName::Date)
+        .header_date(HeaderName::ResentDate)
+        .header_id(HeaderName::MessageId)
+        .header_id(HeaderName::ReturnPath)
+        .header_id(HeaderName::ContentId)
+        .header_id(HeaderName::ResentMessageId)
+        .header_content_type(HeaderName::ContentType)
+        .header_content_type(HeaderName::ContentDisposition)
+        .default_header_raw()
+});
 
 /// Parses a raw RFC 5322 message. Never panics; whatever goes wrong becomes a warning.
 pub(crate) fn parse(raw: &[u8], options: &ParseOptions) -> ParsedMessage {
@@ -149,7 +184,7 @@ impl Walk<'_> {
             }
             None => bytes.len(),
         };
-        match MessageParser::default().parse(&bytes[..parse_len]) {
+        match PARSER.parse(&bytes[..parse_len]) {
             Some(message) => self.message(message, depth, level, path, structure),
             None => {
                 let kind = if depth == 0 {
