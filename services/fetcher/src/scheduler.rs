@@ -453,7 +453,11 @@ impl Inner {
         stop: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        for attempt in 0..2 {
+        // The checkpoint when the current session started: a session that ends at its
+        // token's expiry after committing something is replaced at once, as often as that
+        // happens; one that ends so before committing anything is a failure.
+        let mut resumed_at = None;
+        loop {
             if let Some(open) = session.take_if(|open| open.should_retire()) {
                 tracing::debug!("retiring the session before its token expires");
                 open.close(&self.session).await;
@@ -489,18 +493,25 @@ impl Inner {
                     {
                         broken.abandon(&self.session).await;
                     }
-                    if attempt == 0 && matches!(source, ImapError::TokenExpired { .. }) {
-                        tracing::info!("the session's token expired; resuming on a new session");
-                        continue;
+                    if matches!(source, ImapError::TokenExpired { .. }) {
+                        let now = self
+                            .store
+                            .checkpoint(&record.id, folder)
+                            .await
+                            .ok()
+                            .flatten();
+                        if resumed_at.is_none_or(|before| now != before) {
+                            tracing::info!(
+                                "the session's token expired; resuming on a new session"
+                            );
+                            resumed_at = Some(now);
+                            continue;
+                        }
                     }
                     return Outcome::Imap(source);
                 }
             }
         }
-        Outcome::Imap(ImapError::TokenExpired {
-            server: record.imap_host().to_owned(),
-            text: "the token expired twice in one attempt".to_owned(),
-        })
     }
 
     /// Runs the folder sync while renewing the lease (and the connection slot), until it

@@ -281,7 +281,10 @@ async fn log_in(
                 })?;
             // Ask for a token that outlives the retirement margin, so a session never
             // starts with a token Exchange is about to reject.
-            let min_validity = parts.retire_before_expiry + Duration::from_secs(60);
+            let min_validity = parts
+                .retire_before_expiry
+                .saturating_mul(2)
+                .max(Duration::from_secs(1));
             let token = broker.token(&source_id, min_validity, false).await?;
             let first_expiry = token.expires_at;
             let credentials = Credentials::XOAuth2 {

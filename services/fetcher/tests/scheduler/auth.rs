@@ -137,3 +137,66 @@ async fn a_login_refused_twice_shows_the_checklist_until_the_setup_is_fixed() ->
     assert_eq!(recovered.messages_synced, 3);
     harness.stop().await
 }
+
+/// A `password` source logs in with LOGIN, its password opened with the master key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_source_logs_in_with_login() -> anyhow::Result<()> {
+    let mailbox = "analyst@other.example";
+    let mut harness = Harness::start(TenantFixture::everything_right()).await?;
+    harness
+        .stack
+        .dovecot
+        .set_password(mailbox, "correct horse")?;
+    harness
+        .stack
+        .dovecot
+        .append(mailbox, "INBOX", &[report(1), report(2)])
+        .await?;
+    let id = threatmail_source::SourceId::new_random();
+    let mut record =
+        threatmail_source::SourceRecord::new_oauth(id.clone(), "Other server", mailbox, "", "", 0);
+    record.auth_type = threatmail_source::record::AuthType::Password;
+    record.set_secret(
+        &harness.keyring,
+        threatmail_source::SecretSlot::Current,
+        &secrecy::SecretString::from("correct horse".to_owned()),
+        None,
+    )?;
+    let dovecot = harness.stack.dovecot.imaps_addr();
+    record.host = Some(dovecot.ip().to_string());
+    record.port = dovecot.port();
+    record.poll_interval_secs = 0;
+    let stored = harness.sources.create(&record).await?;
+    harness.select(&id, stored.version, &["INBOX"], &[]).await?;
+    let config = harness.fetcher_config("fetcher-a");
+    harness.spawn_fetcher(config).await?;
+    harness
+        .wait_status("the password source to sync", &id, "INBOX", |s| {
+            s.last_uid == Some(2)
+        })
+        .await?;
+    assert_eq!(harness.store.count(&id).await?, 2);
+
+    // The password changed on the server: LOGIN refused, no token refresh to try.
+    harness
+        .stack
+        .dovecot
+        .set_password(mailbox, "battery staple")?;
+    harness
+        .stack
+        .dovecot
+        .append(mailbox, "INBOX", &[report(3)])
+        .await?;
+    let failed = harness
+        .wait_status("the refusal", &id, "INBOX", |s| {
+            s.connection_state == ConnectionState::Failed
+        })
+        .await?;
+    let error = failed.last_error.expect("last error");
+    assert_eq!(error.reason, "imap.authenticate_failed");
+    assert_eq!(error.upstream_code, "LOGIN");
+    assert!(error.checklist.is_empty(), "{error:?}");
+    assert!(error.message.contains(mailbox), "{}", error.message);
+    assert_eq!(harness.store.count(&id).await?, 2);
+    harness.stop().await
+}

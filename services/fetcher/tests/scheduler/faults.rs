@@ -164,3 +164,70 @@ async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Res
     assert_eq!(harness.store.count(&id).await?, 3);
     harness.stop().await
 }
+
+/// Tokens of a few seconds and Exchange ending each session at its token's expiry
+/// (`* BYE Session invalidated - AccessTokenExpired`): the sync goes on over new sessions
+/// with fresh tokens and completes, every message once, no error shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_ended_at_token_expiry_are_replaced_without_an_error() -> anyhow::Result<()> {
+    let mut harness = Harness::start(fixture(&[("Phish Reports", 40)])).await?;
+    harness
+        .stack
+        .entra
+        .controls()
+        .set_token_lifetime(Duration::from_secs(4));
+    // Each body fetch takes a while, so the sync outlives several tokens.
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::exchange()
+                .rule(When::command("UID FETCH").then(Fault::stall(Duration::from_millis(250)))),
+        )
+        .await?;
+    let id = harness
+        .add_source(
+            "Phishing reports",
+            PHISH_MAILBOX,
+            proxy.addr(),
+            &["Phish Reports"],
+        )
+        .await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.sync.batch_messages = 2;
+    config.sync.retire_before_token_expiry = Duration::from_millis(500);
+    harness.spawn_fetcher(config).await?;
+    let seen_errors = std::sync::Mutex::new(Vec::<String>::new());
+    let done =
+        threatmail_testkit::net::wait_for("the sync to complete", crate::harness::CONVERGE, || {
+            let status = harness.status(&id, "Phish Reports");
+            let seen = &seen_errors;
+            async move {
+                let status = status.await.ok()?;
+                if let Some(error) = &status.last_error {
+                    seen.lock().expect("lock").push(error.reason.clone());
+                }
+                (status.last_uid == Some(40)).then_some(status)
+            }
+        })
+        .await?;
+    let seen_errors = seen_errors.into_inner().expect("lock");
+    assert!(seen_errors.is_empty(), "errors shown: {seen_errors:?}");
+    assert_eq!((done.retry_count, &done.last_error), (0, &None));
+    assert_eq!(harness.store.count(&id).await?, 40);
+    // Polls after the end fetch nothing (UIDNEXT says so), so every connection that
+    // fetched was part of the sync: the first session, and those that replaced sessions
+    // ended at their token's expiry.
+    let fetching: std::collections::BTreeSet<u64> = proxy
+        .control()
+        .commands()
+        .iter()
+        .filter(|c| c.name == "UID FETCH")
+        .map(|c| c.connection)
+        .collect();
+    let logins = fetching.len();
+    assert!(
+        logins >= 2,
+        "the sync outlived its first session ({fetching:?})"
+    );
+    harness.stop().await
+}

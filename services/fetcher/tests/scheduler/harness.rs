@@ -69,6 +69,8 @@ impl Harness {
         broker.entra.global.authority = Some(stack.entra.authority());
         // Forced refreshes are honoured at once (no grace), so a test sees each one.
         broker.cache.force_refresh_grace = Duration::ZERO;
+        // Tokens of a few seconds (tests that shorten them) are still handed out.
+        broker.cache.floor = Duration::from_secs(1);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let broker_addr = listener.local_addr()?;
         let tasks = vec![tokio::spawn(threatmail_token_broker::run(
