@@ -462,6 +462,23 @@ impl Inner {
                 tracing::debug!("retiring the session before its token expires");
                 open.close(&self.session).await;
             }
+            // A reused session keeps its connection slot only while it refreshes it.
+            if let Some(open) = session.as_ref() {
+                match open.refresh_slot(&self.session).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(
+                            "the session's connection slot lapsed and the cap is full; closing it"
+                        );
+                        if let Some(open) = session.take() {
+                            open.close(&self.session).await;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "failed to refresh a connection slot")
+                    }
+                }
+            }
             let open = match session {
                 Some(open) => open,
                 None => match session::open(&self.session, record).await {
@@ -835,6 +852,87 @@ fn judge(record: &SourceRecord, outcome: &Outcome, retry_count: u32) -> Judged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(auth: threatmail_source::record::AuthType) -> SourceRecord {
+        let mut record = SourceRecord::new_oauth(
+            SourceId::new_random(),
+            "s",
+            "soc-phish@corp.example",
+            "tenant",
+            "app-1",
+            0,
+        );
+        record.auth_type = auth;
+        record
+    }
+
+    fn imap_refused(text: &str) -> ImapError {
+        ImapError::LoginRefused {
+            server: "s".into(),
+            mechanism: "XOAUTH2",
+            user: "soc-phish@corp.example".into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn failures_are_judged_with_their_diagnosis() {
+        use threatmail_source::record::AuthType;
+        let oauth = record(AuthType::MsOauth2);
+        let refused = Outcome::Session(SessionError::LoginRefused {
+            after_refresh: true,
+            source: imap_refused("AUTHENTICATE failed."),
+        });
+        let judged = judge(&oauth, &refused, 1);
+        assert_eq!(judged.error.reason, "imap.authenticate_failed");
+        assert_eq!(judged.error.upstream_code, "NO AUTHENTICATE failed.");
+        assert_eq!(judged.error.checklist.len(), 4);
+        assert!(judged.needs_user);
+
+        let password = judge(&record(AuthType::Password), &refused, 1);
+        assert_eq!(password.error.upstream_code, "LOGIN");
+        assert!(password.error.checklist.is_empty() && password.needs_user);
+
+        let not_connected = Outcome::Imap(ImapError::NotConnected {
+            server: "s".into(),
+            user: "u".into(),
+            text: "User is authenticated but not connected.".into(),
+        });
+        let first = judge(&oauth, &not_connected, 1);
+        assert_eq!(first.error.reason, "imap.not_connected");
+        assert_eq!(first.error.checklist.len(), 5);
+        assert!(!first.needs_user, "a passing fault at first");
+        assert!(judge(&oauth, &not_connected, NOT_CONNECTED_PERSISTS_AFTER).needs_user);
+
+        let throttled = Outcome::Imap(ImapError::Throttled {
+            server: "s".into(),
+            backoff: Duration::from_millis(900),
+            text: "Request is throttled.".into(),
+        });
+        let judged = judge(&oauth, &throttled, 1);
+        assert_eq!(judged.throttle, Some(Duration::from_millis(900)));
+        assert!(!judged.needs_user);
+
+        let broker = |code| {
+            Outcome::Session(SessionError::Broker(BrokerError::Refused {
+                source_id: "s".into(),
+                code,
+                reason: "entra.secret_expired".into(),
+                message: "the client secret expired".into(),
+            }))
+        };
+        let expired = judge(&oauth, &broker(tonic::Code::FailedPrecondition), 1);
+        assert_eq!(expired.error.reason, "entra.secret_expired");
+        assert!(expired.needs_user);
+        assert!(!judge(&oauth, &broker(tonic::Code::Unavailable), 1).needs_user);
+
+        let no_credential = Outcome::Session(SessionError::NoCredential {
+            source_id: "s".into(),
+        });
+        let judged = judge(&oauth, &no_credential, 1);
+        assert_eq!(judged.error.reason, "fetcher.no_service_credential");
+        assert!(judged.error.message.contains("auth.credential_file"));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
