@@ -3,6 +3,7 @@
 pub(crate) mod apikey;
 pub(crate) mod client;
 pub(crate) mod corpus;
+pub(crate) mod credential;
 pub(crate) mod mailbox;
 pub(crate) mod parse;
 pub(crate) mod secret_input;

@@ -29,6 +29,8 @@ enum Command {
     Source(commands::source::SourceArgs),
     /// API keys with roles: create (--bootstrap for the first admin key), list, revoke.
     Apikey(commands::apikey::ApiKeyArgs),
+    /// Service credentials for services run as separate processes: create.
+    Credential(commands::credential::CredentialArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Mailbox(args) => commands::mailbox::run(args),
         Command::Source(args) => commands::source::run(args),
         Command::Apikey(args) => commands::apikey::run(args),
+        Command::Credential(args) => commands::credential::run(args),
     };
     match outcome {
         Ok(code) => code,
