@@ -231,3 +231,82 @@ async fn sessions_ended_at_token_expiry_are_replaced_without_an_error() -> anyho
     );
     harness.stop().await
 }
+
+/// The connection dropped in the middle of a message's literal, at 20 random offsets (one
+/// per connection, in its second batch of bodies): the sync goes on from the last commit
+/// each time, and in the end nothing is lost and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_inside_literals_lose_and_duplicate_nothing() -> anyhow::Result<()> {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let random = |limit: u64| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(limit);
+        hasher.finish() % limit
+    };
+    let mut harness = Harness::start(fixture(&[("Phish Reports", 60)])).await?;
+    let mut script = Script::passthrough();
+    let mut offsets = Vec::new();
+    for _ in 0..20 {
+        let (literal, after_bytes) = (1 + random(2) as u32, random(200));
+        offsets.push((literal, after_bytes));
+        script = script.rule(
+            When::command("UID FETCH")
+                .nth(3)
+                .then(Fault::DropInLiteral {
+                    literal,
+                    after_bytes,
+                })
+                .once(),
+        );
+    }
+    let proxy = harness.stack.exchange_proxy(script).await?;
+    let id = harness
+        .add_source(
+            "Phishing reports",
+            PHISH_MAILBOX,
+            proxy.addr(),
+            &["Phish Reports"],
+        )
+        .await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.sync.batch_messages = 2;
+    config.sync.retry_max = Duration::from_millis(300);
+    harness.spawn_fetcher(config).await?;
+    let done = harness
+        .wait_status("the sync to complete", &id, "Phish Reports", |s| {
+            s.last_uid == Some(60) && s.connection_state == ConnectionState::Idle
+        })
+        .await?;
+    let fired: u32 = proxy
+        .control()
+        .script()
+        .rules()
+        .iter()
+        .map(|r| r.fired())
+        .sum();
+    assert_eq!(fired, 20, "offsets {offsets:?}");
+    assert_eq!(harness.store.count(&id).await?, 60);
+    assert_eq!(done.messages_synced, 60);
+    for uid in 1..=60u32 {
+        let raw = report(uid as usize);
+        let parsed = threatmail_parse::parse_message(&raw);
+        let message_id =
+            threatmail_store::identity::Identity::of(&raw, &parsed.message).message_id(&id);
+        let stored = harness
+            .store
+            .get(&threatmail_store::MessageRef {
+                source_id: id.clone(),
+                id: message_id,
+            })
+            .await?
+            .unwrap_or_else(|| panic!("UID {uid} lost (offsets {offsets:?})"));
+        assert_eq!(
+            stored.locations.len(),
+            1,
+            "UID {uid}: {:?}",
+            stored.locations
+        );
+        assert_eq!(stored.locations[0].uid, uid);
+    }
+    harness.stop().await
+}
