@@ -5,6 +5,11 @@
 //! [`TraceContextInterceptor`] can put in outgoing gRPC metadata and [`server_span`] can
 //! continue on the receiving side; spans are exported over OTLP only when an endpoint is
 //! configured. One trace thus follows a sync from the fetcher into the token broker.
+//!
+//! The spans that start or continue a trace (every RPC's [`server_span`], and the spans a
+//! service marks with [`record_trace_id`]) carry the trace id as a `trace_id` field, and
+//! JSON log lines list every open span with its fields (`spans`, root first), so each line
+//! can be matched to its trace without a collector.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::TracerProvider as _;
@@ -111,7 +116,8 @@ pub fn init(
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            // Every open span, so a line deep inside a sync still shows its trace_id.
+            .with_span_list(true)
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -175,27 +181,38 @@ pub fn extract_context(headers: &http::HeaderMap) -> opentelemetry::Context {
 }
 
 /// The span of one incoming RPC, continuing the caller's trace when the request carries
-/// one. Use it with `tonic::transport::Server::builder().trace_fn(server_span)`.
+/// one, with that trace's id in its `trace_id` field (so the RPC's log lines show the
+/// caller's trace). Use it with `tonic::transport::Server::builder().trace_fn(server_span)`.
 pub fn server_span<B>(request: &http::Request<B>) -> tracing::Span {
     let span = tracing::info_span!(
         "rpc",
         rpc.path = %request.uri().path(),
         otel.kind = "server",
+        trace_id = tracing::field::Empty,
     );
     // Fails only when the span was already started with another parent; it was just made.
     let _ = span.set_parent(extract_context(request.headers()));
+    // Only after set_parent: reading the id starts the OpenTelemetry span, fixing its parent.
+    record_trace_id(&span);
     span
+}
+
+/// Records `span`'s W3C trace id in its `trace_id` field, which the span must declare
+/// (`trace_id = tracing::field::Empty`). For the spans that start a unit of work, such as
+/// a fetcher's round over one source: its log lines, and through [`server_span`] those of
+/// the RPCs it makes, can then be matched by trace id.
+pub fn record_trace_id(span: &tracing::Span) {
+    span.record("trace_id", trace_id_of(span).as_str());
 }
 
 /// The W3C trace id of the current span, as 32 hex digits (all zeros when there is none).
 pub fn current_trace_id() -> String {
+    trace_id_of(&tracing::Span::current())
+}
+
+fn trace_id_of(span: &tracing::Span) -> String {
     use opentelemetry::trace::TraceContextExt as _;
-    tracing::Span::current()
-        .context()
-        .span()
-        .span_context()
-        .trace_id()
-        .to_string()
+    span.context().span().span_context().trace_id().to_string()
 }
 
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
