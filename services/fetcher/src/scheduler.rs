@@ -376,8 +376,10 @@ impl Inner {
             .collect()
     }
 
-    /// Syncs `due` folders of one source, one after the other, on one session.
-    #[tracing::instrument(skip_all, fields(source_id = %record.id))]
+    /// Syncs `due` folders of one source, one after the other, on one session. The round
+    /// starts a trace (its broker calls carry it); its id is a field of the round's span so
+    /// that every log line of the round, the store's batch commits too, shows it.
+    #[tracing::instrument(skip_all, fields(source_id = %record.id, trace_id = tracing::field::Empty))]
     async fn round(
         self: Arc<Self>,
         record: SourceRecord,
@@ -386,6 +388,7 @@ impl Inner {
         stop: CancellationToken,
         shutdown: CancellationToken,
     ) {
+        threatmail_telemetry::record_trace_id(&tracing::Span::current());
         let mut session: Option<SourceSession> = None;
         for folder in due {
             if stop.is_cancelled() || shutdown.is_cancelled() {
