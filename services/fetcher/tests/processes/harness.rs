@@ -681,6 +681,11 @@ impl Rng {
         self.next() % n.max(1)
     }
 
+    /// Uniform in `[0, 1)`.
+    pub(crate) fn fraction(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// A duration uniform in `0..=max`.
     pub(crate) fn up_to(&mut self, max: Duration) -> Duration {
         let millis = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);

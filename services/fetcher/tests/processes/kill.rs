@@ -4,9 +4,13 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX};
 
-use crate::harness::{CONVERGE, Fleet, Rng, Timing, check_fencing, check_stored_once, messages};
+use crate::harness::{
+    CONVERGE, Fetcher, Fleet, Rng, Timing, check_fencing, check_stored_once, messages,
+};
 
 const FOLDER: &str = "Phish Reports";
 /// Kills that must land while the folder is not yet fully synced.
@@ -28,25 +32,36 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() -> anyhow::Resu
     let fleet = Fleet::start(mailbox, timing).await?;
     let id = fleet.add_source(&[FOLDER]).await?;
 
+    // How long one batch takes, as last observed; a kill lands at a random point of one.
+    let mut batch_time = Duration::from_millis(30);
     let mut incarnation = 0;
     while incarnation < KILLS {
         let mut fetcher = fleet.spawn("fetcher-k", incarnation)?;
         incarnation += 1;
+        // Mostly within the sync: after this process's first or second committed batch,
+        // plus a random part of a batch's time, so the kill lands at any step of a batch
+        // (fetching, parsing, writing, renewing). One time in five at a random moment
+        // from the start instead (start-up, login, waiting for the dead one's lease, the
+        // first batches), but never later than the above, so each life syncs only a few
+        // batches and all the kills land inside the sync, on a fast machine too.
         let anywhere = rng.below(5) == 0;
+        let batches = 1 + usize::try_from(rng.below(2))?;
+        let part = rng.fraction();
+        let at_random = rng.up_to(Duration::from_millis(1200));
+        let after_batches = async {
+            if let Some(observed) = after_commits(&fetcher, batches).await? {
+                batch_time = observed;
+            }
+            tokio::time::sleep(batch_time.mul_f64(part)).await;
+            anyhow::Ok(())
+        };
         if anywhere {
-            // Anywhere: start-up, login, waiting for the dead one's lease, or syncing.
-            tokio::time::sleep(rng.up_to(Duration::from_millis(1200))).await;
+            tokio::select! {
+                () = tokio::time::sleep(at_random) => {}
+                waited = after_batches => waited?,
+            }
         } else {
-            // Within the sync: after this process's first or second committed batch,
-            // plus up to about a batch's time, so the kill lands at any step of a batch
-            // (fetching, parsing, writing, renewing).
-            let batches = 1 + usize::try_from(rng.below(2))?;
-            threatmail_testkit::net::wait_for("committed batches", CONVERGE, || {
-                let fetcher = &fetcher;
-                async move { (fetcher.commits().len() >= batches).then_some(()) }
-            })
-            .await?;
-            tokio::time::sleep(rng.up_to(Duration::from_millis(60))).await;
+            after_batches.await?;
         }
         fetcher.check_running()?;
         fetcher.kill();
@@ -74,4 +89,29 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() -> anyhow::Resu
     check_stored_once(&fleet.store, &id, &[(FOLDER, seeded)]).await?;
     assert_eq!(fleet.last_uid(&id, FOLDER).await?, total, "checkpoint");
     fleet.stop().await
+}
+
+/// Waits, looking every 2 ms, until `fetcher` has committed `count` batches; returns the
+/// time per batch seen meanwhile, when more than one commit was seen arriving.
+async fn after_commits(fetcher: &Fetcher, count: usize) -> anyhow::Result<Option<Duration>> {
+    let deadline = Instant::now() + CONVERGE;
+    let mut first: Option<(Instant, usize)> = None;
+    loop {
+        let seen = fetcher.commits().len();
+        if seen > 0 && first.is_none() {
+            first = Some((Instant::now(), seen));
+        }
+        if let Some((at, then)) = first
+            && seen >= count
+        {
+            let more = u32::try_from(seen - then)?;
+            return Ok((more > 0).then(|| at.elapsed() / more));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} committed {seen} batches, not {count}",
+            fetcher.instance
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
