@@ -310,3 +310,64 @@ async fn drops_inside_literals_lose_and_duplicate_nothing() -> anyhow::Result<()
     }
     harness.stop().await
 }
+
+/// Case BR-07: `BAD User is authenticated but not connected.` after a good login. Once it
+/// is a passing fault (retried, shown as retrying); when it persists it is the IMAP-side
+/// checklist, shown as failed; when the cause goes away the folder recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_connected_is_retried_then_diagnosed_when_it_persists() -> anyhow::Result<()> {
+    let mut harness = Harness::start(fixture(&[("Phish Reports", 3)])).await?;
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::exchange().rule(When::mailbox_command().then(Fault::not_connected())),
+        )
+        .await?;
+    let id = harness
+        .add_source(
+            "Phishing reports",
+            PHISH_MAILBOX,
+            proxy.addr(),
+            &["Phish Reports"],
+        )
+        .await?;
+    let config = harness.fetcher_config("fetcher-a");
+    harness.spawn_fetcher(config).await?;
+    let retrying = harness
+        .wait_status("a retry", &id, "Phish Reports", |s| s.retry_count >= 1)
+        .await?;
+    if retrying.retry_count < 3 {
+        assert_eq!(
+            retrying.connection_state,
+            ConnectionState::Retrying,
+            "not yet persistent: {retrying:?}"
+        );
+    }
+    let error = retrying.last_error.clone().expect("last error");
+    assert_eq!(error.reason, "imap.not_connected");
+    assert_eq!(
+        error.upstream_code,
+        "BAD User is authenticated but not connected."
+    );
+    let failed = harness
+        .wait_status("the diagnosis", &id, "Phish Reports", |s| {
+            s.connection_state == ConnectionState::Failed
+        })
+        .await?;
+    assert!(failed.retry_count >= 3, "{failed:?}");
+    let error = failed.last_error.expect("last error");
+    assert_eq!(error.checklist.len(), 5, "{:?}", error.checklist);
+    assert!(error.checklist[4].contains("Too many connections"));
+    assert_eq!(harness.store.count(&id).await?, 0);
+
+    // The cause goes away: the next retry syncs and the error is cleared.
+    proxy.control().update_script(|s| s.clear_rules());
+    let recovered = harness
+        .wait_status("the recovery", &id, "Phish Reports", |s| {
+            s.last_uid == Some(3)
+        })
+        .await?;
+    assert_eq!((recovered.retry_count, &recovered.last_error), (0, &None));
+    assert_eq!(recovered.connection_state, ConnectionState::Idle);
+    harness.stop().await
+}
