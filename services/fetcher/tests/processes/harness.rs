@@ -6,7 +6,7 @@
 //!
 //! What the fetchers committed is read back from their logs: the store logs every committed
 //! batch (folder, fencing token, first and last UID) and every write refused for a stale
-//! fence at debug level, and each log file belongs to one instance.
+//! fence at debug level, and each log file belongs to one process.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use threatmail_auth::ServiceCredential;
-use threatmail_source::SourceStore;
-use threatmail_source::{FolderSelection, Keyring, MasterKey, SecretSlot, SourceId, SourceRecord};
+use threatmail_source::{
+    FolderSelection, Keyring, MasterKey, SecretSlot, SourceId, SourceRecord, SourceStore,
+};
 use threatmail_store::identity::{Identity, sha256_hex};
 use threatmail_store::{BlobStore, MessageId, MessageRef, Store};
 use threatmail_testkit::stack::LocalStack;
@@ -69,7 +70,9 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.shutdown.cancel();
         if std::thread::panicking() {
-            // The fetchers' logs and configurations, for a look at what went wrong.
+            // The fetchers' logs and configurations, for a look at what went wrong; not
+            // the blobs (copies of live phishing mail).
+            let _ = std::fs::remove_dir_all(self.work.path().join("blobs"));
             self.work.disable_cleanup(true);
             eprintln!("kept the fetchers' logs in {}", self.work.path().display());
         }

@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX};
+use tokio::time::Instant;
 
 use crate::harness::{
     CONVERGE, Fetcher, Fleet, Rng, Timing, check_fencing, check_stored_once, messages,
