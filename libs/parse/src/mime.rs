@@ -40,6 +40,8 @@ const OPAQUE_HEADERS: &[&str] = &[
     "x-google-dkim-signature",
     "domainkey-signature",
     "x-microsoft-antispam-message-info",
+    // The same encrypted blob as it was before the message was forwarded.
+    "x-microsoft-antispam-message-info-original",
     "x-gm-message-state",
     "x-google-smtp-source",
     "x-incomingtopheadermarker",
