@@ -20,7 +20,11 @@ pub const REPORTS_FOLDER: &str = "Phish Reports";
 /// The source's name in the demo.
 pub const SOURCE_NAME: &str = "SOC phishing reports";
 
-fn read_corpus(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+/// A corpus message: its file and its bytes.
+pub type CorpusMessage = (PathBuf, Vec<u8>);
+
+/// The `.eml` files of `dir`, sorted by name, with their bytes.
+pub fn read_corpus(dir: &Path) -> anyhow::Result<Vec<CorpusMessage>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("failed to read the corpus folder {}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -108,17 +112,9 @@ pub async fn run(
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
     let corpus = read_corpus(corpus_dir)?;
-    let half = corpus.len().div_ceil(2);
-    let (inbox, reports) = corpus.split_at(half);
-    let mut fixture = TenantFixture::everything_right();
-    let mailbox = fixture
-        .primary_tenant_mut()
-        .and_then(|t| t.exchange.mailbox_mut(PHISH_MAILBOX))
-        .context("the fixture has the phish mailbox")?;
-    let bytes = |part: &[(PathBuf, Vec<u8>)]| part.iter().map(|(_, b)| b.clone()).collect();
-    *mailbox = Mailbox::new(PHISH_MAILBOX)
-        .with_messages("INBOX", bytes(inbox))
-        .with_messages(REPORTS_FOLDER, bytes(reports));
+    let folders = split_corpus(&corpus);
+    let [(_, inbox), (_, reports)] = folders;
+    let fixture = seeded_fixture(&folders)?;
 
     println!(
         "starting the local stack: Redis, Dovecot (IMAP over TLS, XOAUTH2 checked as Exchange \
@@ -165,16 +161,53 @@ pub async fn run(
     deployment.check_running()?;
     step(&deployment, &["mailbox".to_owned(), "summary".to_owned()]).await?;
 
-    // Every seeded message must be in the Threat Mailbox exactly once: each (folder, UID)
-    // the seeding made is a location of exactly one record, with the same bytes.
+    let messages = check_exactly_once(&deployment, &folders).await?;
+    println!(
+        "\ndemo OK: every one of the {messages} corpus messages is in the Threat Mailbox exactly \
+         once, with the bytes the server holds; stopping everything and removing its files",
+    );
+    Ok(Outcome { messages, work_dir })
+}
+
+/// The corpus over the demo's two folders: the first half in `INBOX`, the rest in
+/// [`REPORTS_FOLDER`].
+pub fn split_corpus(corpus: &[CorpusMessage]) -> [(&'static str, &[CorpusMessage]); 2] {
+    let (inbox, reports) = corpus.split_at(corpus.len().div_ceil(2));
+    [("INBOX", inbox), (REPORTS_FOLDER, reports)]
+}
+
+/// The fixture with everything right and the phish mailbox holding `folders` (seeded in
+/// order, so the n-th message of a folder gets UID n).
+pub fn seeded_fixture(folders: &[(&str, &[CorpusMessage])]) -> anyhow::Result<TenantFixture> {
+    let mut fixture = TenantFixture::everything_right();
+    let mailbox = fixture
+        .primary_tenant_mut()
+        .and_then(|t| t.exchange.mailbox_mut(PHISH_MAILBOX))
+        .context("the fixture has the phish mailbox")?;
+    let mut seeded = Mailbox::new(PHISH_MAILBOX);
+    for (folder, part) in folders {
+        seeded = seeded.with_messages(folder, part.iter().map(|(_, b)| b.clone()).collect());
+    }
+    *mailbox = seeded;
+    Ok(fixture)
+}
+
+/// Checks through the mailbox service that every message of `folders` (as
+/// [`seeded_fixture`] seeded them) is in the Threat Mailbox exactly once: each (folder, UID)
+/// the seeding made is a location of exactly one record, with the same bytes, and no record
+/// has a location nobody seeded. Returns how many messages that is.
+pub async fn check_exactly_once(
+    deployment: &Deployment,
+    folders: &[(&str, &[CorpusMessage])],
+) -> anyhow::Result<usize> {
     let mut expected: BTreeMap<(String, u32), String> = BTreeMap::new();
-    for (folder, part) in [("INBOX", inbox), (REPORTS_FOLDER, reports)] {
+    for (folder, part) in folders {
         for (n, (_, raw)) in part.iter().enumerate() {
             let uid = u32::try_from(n + 1)?;
-            expected.insert((folder.to_owned(), uid), hex_sha256(&crlf(raw)));
+            expected.insert(((*folder).to_owned(), uid), hex_sha256(&crlf(raw)));
         }
     }
-    let found = locations(&deployment).await?;
+    let found = locations(deployment).await?;
     let mut problems = Vec::new();
     for (place, sha256) in &expected {
         match found.get(place).map(Vec::as_slice) {
@@ -205,15 +238,7 @@ pub async fn run(
         expected.len(),
         problems.join("\n  ")
     );
-    println!(
-        "\ndemo OK: every one of the {} corpus messages is in the Threat Mailbox exactly once, \
-         with the bytes the server holds; stopping everything and removing its files",
-        expected.len()
-    );
-    Ok(Outcome {
-        messages: expected.len(),
-        work_dir,
-    })
+    Ok(expected.len())
 }
 
 type Locations = BTreeMap<(String, u32), Vec<(String, String)>>;

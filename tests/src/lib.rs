@@ -109,6 +109,30 @@ pub fn threatmail_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The real phishing corpus beside the checkout (`../shared/corpus/phishing`), or `None`
+/// after a notice when it is missing; under `CI=true` a missing corpus is an error.
+pub fn phishing_corpus() -> anyhow::Result<Option<PathBuf>> {
+    let dir = workspace_root().join("../shared/corpus/phishing");
+    if dir.is_dir() {
+        return Ok(Some(dir));
+    }
+    anyhow::ensure!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but the corpus is missing at {}",
+        dir.display()
+    );
+    eprintln!(
+        "note: {} is missing; using the shipped samples",
+        dir.display()
+    );
+    Ok(None)
+}
+
 /// Writes `text` to a new file only its owner can read.
 pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
