@@ -118,6 +118,14 @@ async fn a_login_refused_twice_shows_the_checklist_until_the_setup_is_fixed() ->
         token_requests(&harness) >= 2,
         "the retry used a forced refresh"
     );
+    // What the registry's GetStatus shows.
+    let shown = harness.registry_status(&id, FOLDER).await?;
+    assert_eq!(shown.connection_state, "failed");
+    let problem = shown.last_error.expect("GetStatus shows the error");
+    assert_eq!(problem.reason, "imap.authenticate_failed");
+    assert_eq!(problem.upstream_code, "NO AUTHENTICATE failed.");
+    assert_eq!(shown.last_error_checklist.len(), 4);
+    assert!(shown.last_error_at > 0 && shown.retry_count >= 1);
     assert_eq!(harness.store.count(&id).await?, 0);
 
     // The administrator grants FullAccess: the folder recovers at a following retry.
@@ -135,6 +143,13 @@ async fn a_login_refused_twice_shows_the_checklist_until_the_setup_is_fixed() ->
         .await?;
     assert_eq!((recovered.retry_count, &recovered.last_error), (0, &None));
     assert_eq!(recovered.messages_synced, 3);
+    let shown = harness.registry_status(&id, FOLDER).await?;
+    assert_eq!(shown.connection_state, "idle");
+    assert_eq!((shown.last_uid, shown.messages_synced), (3, 3));
+    assert_eq!(shown.uidvalidity, recovered.uidvalidity.unwrap_or_default());
+    assert!(shown.last_poll >= recovered.last_poll.unwrap_or_default());
+    assert!(shown.last_error.is_none() && shown.last_error_checklist.is_empty());
+    assert_eq!(shown.retry_count, 0);
     harness.stop().await
 }
 

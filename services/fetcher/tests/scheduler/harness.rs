@@ -205,6 +205,55 @@ impl Harness {
         Ok(statuses.remove(0))
     }
 
+    /// The folder's status as the registry's `GetStatus` serves it, from a registry
+    /// started on this stack's Redis (with the same master key) and an API key with View.
+    pub(crate) async fn registry_status(
+        &self,
+        id: &SourceId,
+        folder: &str,
+    ) -> anyhow::Result<threatmail_proto::v1::FolderStatus> {
+        use secrecy::ExposeSecret as _;
+        let mut config = threatmail_registry::Config {
+            redis_url: self.stack.redis.url(),
+            ..Default::default()
+        };
+        config.master_key.key = Some(self.master_key.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = self.shutdown.child_token();
+        let registry = tokio::spawn(threatmail_registry::run(config, listener, stop.clone()));
+        let _stop = stop.drop_guard();
+        let keys = threatmail_auth::RedisApiKeys::new(self.stack.redis.connection_manager().await?);
+        let key = keys
+            .create(
+                "status check",
+                threatmail_auth::RoleSet::of(&[threatmail_auth::Role::View]),
+                0,
+            )
+            .await?;
+        threatmail_testkit::net::wait_for_port(addr, Duration::from_secs(10)).await?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let mut client = threatmail_proto::v1::registry_client::RegistryClient::with_interceptor(
+            channel,
+            threatmail_auth::CredentialInterceptor::bearer(key.key.expose_secret())?,
+        );
+        let reply = client
+            .get_status(threatmail_proto::v1::GetStatusRequest {
+                id: id.as_str().to_owned(),
+            })
+            .await?
+            .into_inner();
+        drop(_stop);
+        registry.await??;
+        reply
+            .folders
+            .into_iter()
+            .find(|f| f.raw_name == folder.as_bytes())
+            .ok_or_else(|| anyhow::anyhow!("GetStatus has no folder {folder:?}"))
+    }
+
     /// Waits until `folder`'s status satisfies `done`.
     pub(crate) async fn wait_status(
         &self,
