@@ -16,7 +16,9 @@
 use std::time::Duration;
 
 use threatmail_source::SourceId;
-use threatmail_store::{BatchItem, Fence, IncomingMessage, Lease, Store, StoreError, WriteBatch};
+use threatmail_store::{
+    BatchItem, Fence, IncomingMessage, Lease, Store, StoreError, WriteBatch, WriteOutcome,
+};
 
 use crate::imap::fetch::{Announced, Body, announced_since, bodies};
 use crate::imap::select_folder::{Access, open};
@@ -178,67 +180,69 @@ pub async fn sync_folder(
     )
     .await
     .map_err(imap)?;
-    // One batch's bodies are fetched while the one before is parsed and written, so the
-    // connection, the parser and the store work at the same time; at most two batches'
-    // bodies are held. Writes (and their checkpoints) stay in UID order: a batch is
-    // written only after the one before has committed.
+    // A three-stage pipeline in lockstep: while batch n is written, batch n+1 is parsed
+    // and batch n+2's bodies are fetched, so the connection, the parser and the store
+    // (Redis round trips, blob fsyncs) work at the same time; at most three batches are
+    // held. Writes (and their checkpoints) stay in UID order: a batch is written only
+    // after the one before it has committed.
     let batches = batches(&announced, limits);
-    let mut fetched = match batches.first() {
-        Some(first) => fetch_batch(session, server, user, first, limits)
-            .await
-            .map_err(imap)?,
-        None => Vec::new(),
-    };
-    for (index, batch) in batches.iter().enumerate() {
-        let process = async {
-            let items = batch_items(batch, std::mem::take(&mut fetched), limits)
-                .await
-                .map_err(stored)?;
-            let checkpoint_uid = batch.last().map(|m| m.uid);
-            let outcome = store
-                .write(&WriteBatch {
-                    source_id: source_id.clone(),
-                    folder: folder.to_owned(),
-                    uidvalidity: state.uidvalidity,
-                    fence: Fence::Token(lease.token),
-                    items,
-                    checkpoint_uid,
-                })
-                .await
-                .map_err(stored)?;
-            let renewed = store
-                .renew_lease(lease, limits.lease_ttl)
-                .await
-                .map_err(stored)?;
-            Ok::<_, SyncError>((outcome, renewed))
-        };
-        let prefetch = async {
-            match batches.get(index + 1) {
-                Some(next) => Some(fetch_batch(session, server, user, next, limits).await),
-                None => None,
-            }
-        };
-        let (processed, prefetched) = tokio::join!(process, prefetch);
-        // What was written counts before a failed prefetch is reported.
-        let (outcome, renewed) = processed?;
-        for item in &outcome.items {
-            match item {
-                threatmail_store::ItemOutcome::Stored(_) => report.stored += 1,
-                threatmail_store::ItemOutcome::LocationAdded(_) => report.locations_added += 1,
-                threatmail_store::ItemOutcome::AlreadyStored(_) => report.already_stored += 1,
-                threatmail_store::ItemOutcome::Skipped { .. } => report.skipped += 1,
-            }
-        }
-        if let Some(checkpoint) = outcome.checkpoint {
-            report.last_uid = checkpoint.last_uid;
-        }
-        if !renewed {
-            return Err(SyncError::LeaseLost {
-                source_id: source_id.as_str().to_owned(),
+    let mut fetched: Option<Vec<(u32, Body)>> = None;
+    let mut parsed: Option<Vec<BatchItem>> = None;
+    for step in 0..batches.len() + 2 {
+        let to_write = step
+            .checked_sub(2)
+            .and_then(|n| batches.get(n))
+            .zip(parsed.take());
+        let to_parse = step
+            .checked_sub(1)
+            .and_then(|n| batches.get(n))
+            .zip(fetched.take());
+        let to_fetch = batches.get(step);
+        let connection = &mut *session;
+        let write = async move {
+            let (batch, items) = to_write?;
+            let write = WriteBatch {
+                source_id: source_id.clone(),
                 folder: folder.to_owned(),
-            });
+                uidvalidity: state.uidvalidity,
+                fence: Fence::Token(lease.token),
+                items,
+                checkpoint_uid: batch.last().map(|m| m.uid),
+            };
+            Some(write_batch(store, lease, write, limits).await)
+        };
+        let parse = async move {
+            let (batch, bodies) = to_parse?;
+            Some(batch_items(batch, bodies, limits).await)
+        };
+        let fetch = async move {
+            let batch = to_fetch?;
+            Some(fetch_batch(connection, server, user, batch, limits).await)
+        };
+        let (written, items, bodies) = tokio::join!(write, parse, fetch);
+        // The oldest batch first: what was written counts before a later failure.
+        if let Some(written) = written {
+            let (outcome, renewed) = written.map_err(stored)?;
+            for item in &outcome.items {
+                match item {
+                    threatmail_store::ItemOutcome::Stored(_) => report.stored += 1,
+                    threatmail_store::ItemOutcome::LocationAdded(_) => report.locations_added += 1,
+                    threatmail_store::ItemOutcome::AlreadyStored(_) => report.already_stored += 1,
+                    threatmail_store::ItemOutcome::Skipped { .. } => report.skipped += 1,
+                }
+            }
+            if let Some(checkpoint) = outcome.checkpoint {
+                report.last_uid = checkpoint.last_uid;
+            }
+            if !renewed {
+                return Err(SyncError::LeaseLost {
+                    source_id: source_id.as_str().to_owned(),
+                    folder: folder.to_owned(),
+                });
+            }
         }
-        fetched = prefetched.transpose().map_err(imap)?.unwrap_or_default();
+        parsed = items.transpose().map_err(stored)?;
+        fetched = bodies.transpose().map_err(imap)?;
     }
     tracing::info!(
         stored = report.stored,
@@ -248,6 +252,19 @@ pub async fn sync_folder(
         "folder synced"
     );
     Ok(report)
+}
+
+/// Writes one batch with its checkpoint, then renews the lease; returns the outcome and
+/// whether the lease is still held.
+async fn write_batch(
+    store: &Store,
+    lease: &Lease,
+    batch: WriteBatch,
+    limits: &SyncLimits,
+) -> Result<(WriteOutcome, bool), StoreError> {
+    let outcome = store.write(&batch).await?;
+    let renewed = store.renew_lease(lease, limits.lease_ttl).await?;
+    Ok((outcome, renewed))
 }
 
 /// The bodies of one batch: those within the size limit, each under the byte cap.
