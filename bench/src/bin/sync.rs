@@ -6,7 +6,9 @@
 //! Exchange Online), the Entra stand-in and a real Redis. The phishing corpus is copied
 //! until there are `--messages` distinct messages (each copy gets its own `Message-ID` and
 //! first header line, so the store's identity keeps every one) and appended to one folder.
-//! Then rounds alternate the three contenders, each starting from nothing:
+//! Then the contenders run one after another, each starting from nothing, every run of
+//! ours and of mbsync between two ceiling runs (`C O C M C M C O C`, `--rounds` pairs)
+//! and compared with them, so load changes on a shared machine hit both sides alike:
 //!
 //! - **ours**: connect, TLS, `AUTHENTICATE XOAUTH2` with a stand-in token, then
 //!   `threatmail_fetcher::sync::sync_folder` with its default limits into a fresh
@@ -561,8 +563,6 @@ enum Contender {
     Mbsync,
 }
 
-const ORDER: [Contender; 3] = [Contender::Ceiling, Contender::Ours, Contender::Mbsync];
-
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -645,37 +645,48 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("mbsync logs in with {mbsync_auth:?}");
 
-    let mut runs: Vec<(Contender, Run)> = Vec::new();
+    // Each of ours and mbsync runs between two ceiling runs (shared with its neighbours):
+    // C O C M C M C O C …, so each is compared with the ceiling measured right before and
+    // right after it, under the same load. Rounds swap the order of ours and mbsync.
+    let mut sequence = vec![Contender::Ceiling];
     for round in 0..args.rounds {
-        for k in 0..ORDER.len() {
-            let contender = ORDER[(round + k) % ORDER.len()];
-            if args.only.is_some_and(|only| only != contender) {
-                continue;
-            }
-            let run = match contender {
-                Contender::Ceiling => bench.ceiling().await?,
-                Contender::Ours => bench.ours().await?,
-                Contender::Mbsync => {
-                    let secret = match mbsync_auth {
-                        MbsyncAuth::XOAuth2 => bench.stack.primary_token().await?.access_token,
-                        _ => password.clone(),
-                    };
-                    bench.mbsync(mbsync_auth, &secret).await?
-                }
-            };
-            println!(
-                "round {}: {contender:?}: {} messages in {:.2} s = {:.0} msg/s, {:.1} MB/s; CPU per message: client {:.0} us (Redis {:.0} us), Dovecot {:.0} us",
-                round + 1,
-                run.messages,
-                run.elapsed.as_secs_f64(),
-                run.per_second(),
-                run.megabytes_per_second(),
-                run.client_cpu_per_message().as_secs_f64() * 1e6,
-                run.redis_cpu_per_message().as_secs_f64() * 1e6,
-                run.server_cpu_per_message().as_secs_f64() * 1e6,
-            );
-            runs.push((contender, run));
+        let pair = if round % 2 == 0 {
+            [Contender::Ours, Contender::Mbsync]
+        } else {
+            [Contender::Mbsync, Contender::Ours]
+        };
+        for contender in pair {
+            sequence.extend([contender, Contender::Ceiling]);
         }
+    }
+    if let Some(only) = args.only {
+        sequence = vec![only; args.rounds];
+    }
+    let mut runs: Vec<(Contender, Run)> = Vec::new();
+    for contender in sequence {
+        let run = match contender {
+            Contender::Ceiling => bench.ceiling().await?,
+            Contender::Ours => bench.ours().await?,
+            Contender::Mbsync => {
+                let secret = match mbsync_auth {
+                    MbsyncAuth::XOAuth2 => bench.stack.primary_token().await?.access_token,
+                    _ => password.clone(),
+                };
+                bench.mbsync(mbsync_auth, &secret).await?
+            }
+        };
+        println!(
+            "run {}: {contender:?}: {} messages in {:.2} s = {:.0} msg/s, {:.1} MB/s; CPU per message: client {:.0} us (Redis {:.0} us), Dovecot {:.0} us",
+            runs.len() + 1,
+            run.messages,
+            run.elapsed.as_secs_f64(),
+            run.per_second(),
+            run.megabytes_per_second(),
+            run.client_cpu_per_message().as_secs_f64() * 1e6,
+            run.redis_cpu_per_message().as_secs_f64() * 1e6,
+            run.server_cpu_per_message().as_secs_f64() * 1e6,
+        );
+        runs.push((contender, run));
     }
 
     let of = |who: Contender| -> Vec<Run> {
@@ -708,30 +719,47 @@ async fn main() -> anyhow::Result<()> {
     if args.only.is_some() {
         return Ok(());
     }
-    // Ratios per round (each round ran all three back to back), then their median.
-    let per_round = |a: &[Run], b: &[Run]| -> Vec<f64> {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| x.per_second() / y.per_second())
+    // Each run against the mean rate of the ceiling runs right before and after it.
+    let against_neighbours = |who: Contender| -> Vec<f64> {
+        runs.iter()
+            .enumerate()
+            .filter(|(_, (c, _))| *c == who)
+            .filter_map(|(i, (_, run))| {
+                let before = runs.get(i.checked_sub(1)?)?.1.per_second();
+                let after = runs.get(i + 1)?.1.per_second();
+                Some(run.per_second() / ((before + after) / 2.0))
+            })
             .collect()
     };
     let pooled = |list: &[Run]| {
         list.iter().map(|r| r.messages).sum::<usize>() as f64
             / list.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>()
     };
-    let vs_ceiling = per_round(&ours, &ceiling);
-    let vs_mbsync = per_round(&ours, &mbsync);
+    let ours_vs_ceiling = against_neighbours(Contender::Ours);
+    let mbsync_vs_ceiling = against_neighbours(Contender::Mbsync);
     println!(
-        "ours / ceiling: median {:.2}x (rounds {}), pooled {:.2}x (target >= 0.5x)",
-        median(vs_ceiling.clone()),
-        list(&vs_ceiling),
+        "ours / ceiling (each run against the ceiling runs beside it): median {:.2}x (runs {}), pooled {:.2}x (target >= 0.5x)",
+        median(ours_vs_ceiling.clone()),
+        list(&ours_vs_ceiling),
         pooled(&ours) / pooled(&ceiling)
     );
     println!(
-        "ours / mbsync ({mbsync_auth:?}): median {:.2}x (rounds {}), pooled {:.2}x (target > 1x)",
+        "mbsync / ceiling (the same way): median {:.2}x (runs {})",
+        median(mbsync_vs_ceiling.clone()),
+        list(&mbsync_vs_ceiling),
+    );
+    // Ours against the mbsync run of the same round (adjacent, one ceiling run between).
+    let vs_mbsync: Vec<f64> = ours
+        .iter()
+        .zip(&mbsync)
+        .map(|(o, m)| o.per_second() / m.per_second())
+        .collect();
+    println!(
+        "ours / mbsync ({mbsync_auth:?}): median {:.2}x (rounds {}), pooled {:.2}x, by the ceiling ratios {:.2}x (target > 1x)",
         median(vs_mbsync.clone()),
         list(&vs_mbsync),
-        pooled(&ours) / pooled(&mbsync)
+        pooled(&ours) / pooled(&mbsync),
+        median(ours_vs_ceiling.clone()) / median(mbsync_vs_ceiling.clone()),
     );
     Ok(())
 }
