@@ -181,7 +181,6 @@ impl Fleet {
     /// Writes `instance`'s configuration file and starts a fetcher process from it; its
     /// log goes to `<instance>-<incarnation>.log`.
     pub(crate) fn spawn(&self, instance: &str, incarnation: usize) -> anyhow::Result<Fetcher> {
-        let port = threatmail_testkit::net::free_port()?;
         let blob_dir = self.work.path().join("blobs");
         let Timing {
             lease_ttl,
@@ -189,7 +188,9 @@ impl Fleet {
             batch_messages,
         } = self.timing;
         let config = format!(
-            r#"listen = "127.0.0.1:{port}"
+            // Port 0: each process gets its own gRPC port from the kernel, with no race
+            // over a port picked beforehand (nothing here calls the fetchers' gRPC).
+            r#"listen = "127.0.0.1:0"
 redis_url = {redis}
 broker_url = "http://{broker}"
 broker_timeout = "10s"

@@ -38,8 +38,8 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() -> anyhow::Resu
         let mut fetcher = fleet.spawn("fetcher-k", incarnation)?;
         incarnation += 1;
         // Mostly within the sync: after this process's first or second committed batch,
-        // plus a random part of a batch's time, so the kill lands at any step of a batch
-        // (fetching, parsing, writing, renewing). One time in five at a random moment
+        // plus a random part of a batch's time (but before the batch after that commits),
+        // so the kill lands at any step of a batch (fetching, parsing, writing, renewing). One time in five at a random moment
         // from the start instead (start-up, login, waiting for the dead one's lease, the
         // first batches), but never later than the above, so each life syncs only a few
         // batches and all the kills land inside the sync, on a fast machine too.
@@ -51,7 +51,11 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() -> anyhow::Resu
             if let Some(observed) = after_commits(&fetcher, batches).await? {
                 batch_time = observed;
             }
-            tokio::time::sleep(batch_time.mul_f64(part)).await;
+            // A random point of the next batch, at the latest as it commits.
+            tokio::select! {
+                () = tokio::time::sleep(batch_time.mul_f64(part)) => {}
+                next = after_commits(&fetcher, batches + 1) => { next?; }
+            }
             anyhow::Ok(())
         };
         if anywhere {
