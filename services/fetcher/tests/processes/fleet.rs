@@ -1,43 +1,62 @@
 //! Three fetcher processes on one source with six folders: no folder is ever synced by two
-//! at once (the fencing tokens of the commits show it), every folder completes, and the
-//! folders of one killed mid-sync are finished by the others once its leases lapse.
+//! at once (the fencing tokens of the commits show it), every folder completes; then, with
+//! new mail in every folder, one is killed mid-sync and its folder is finished by the
+//! others once its lease lapses.
 
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX};
 
 use crate::harness::{
-    CONVERGE, Fetcher, Fleet, Timing, check_fencing, check_stored_once, messages,
+    CONVERGE, Fetcher, Fleet, Timing, check_fencing, check_stored_once, crlf, messages,
 };
 
-const PER_FOLDER: usize = 40;
+/// Messages per folder at the start, and appended to each before the kill.
+const FIRST: usize = 20;
+const MORE: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_fetchers_share_six_folders_and_finish_a_killed_ones() -> anyhow::Result<()> {
     let names: Vec<String> = (1..=6).map(|n| format!("Reports {n}")).collect();
-    let all = messages(6 * PER_FOLDER);
+    let all = messages(names.len() * (FIRST + MORE));
     let seeded: Vec<(&str, Vec<Vec<u8>>)> = names
         .iter()
-        .zip(all.chunks(PER_FOLDER))
+        .zip(all.chunks(FIRST + MORE))
         .map(|(name, chunk)| (name.as_str(), chunk.to_vec()))
         .collect();
     let mut mailbox = Mailbox::new(PHISH_MAILBOX);
     for (name, chunk) in &seeded {
-        mailbox = mailbox.with_messages(name, chunk.clone());
+        mailbox = mailbox.with_messages(name, chunk[..FIRST].to_vec());
+    }
+    let fleet = Fleet::start(mailbox, Timing::default()).await?;
+    let folders: Vec<&str> = names.iter().map(String::as_str).collect();
+    let id = fleet.add_source(&folders).await?;
+
+    // Three fetchers, six folders: all of them complete.
+    let mut fetchers: Vec<Fetcher> = ["fetcher-a", "fetcher-b", "fetcher-c"]
+        .iter()
+        .map(|name| fleet.spawn(name, 0))
+        .collect::<anyhow::Result<_>>()?;
+    let first: Vec<(&str, u32)> = folders.iter().map(|f| (*f, FIRST as u32)).collect();
+    fleet.wait_complete(&id, &first).await?;
+    for fetcher in &mut fetchers {
+        fetcher.check_running()?;
+    }
+    check_fencing(&fleet.commits());
+
+    // More mail in every folder; while they sync it, the victim: a fetcher frozen
+    // (SIGSTOP, so nothing moves while we look) holding the lease of a folder it has
+    // started but not finished; then SIGKILL.
+    for (name, chunk) in &seeded {
+        let more: Vec<Vec<u8>> = chunk[FIRST..].iter().map(|raw| crlf(raw)).collect();
+        fleet
+            .stack
+            .dovecot
+            .append(PHISH_MAILBOX, name, &more)
+            .await?;
     }
     let totals: Vec<(&str, u32)> = seeded
         .iter()
         .map(|(name, chunk)| (*name, chunk.len() as u32))
         .collect();
-    let fleet = Fleet::start(mailbox, Timing::default()).await?;
-    let folders: Vec<&str> = names.iter().map(String::as_str).collect();
-    let id = fleet.add_source(&folders).await?;
-
-    let mut fetchers: Vec<Fetcher> = ["fetcher-a", "fetcher-b", "fetcher-c"]
-        .iter()
-        .map(|name| fleet.spawn(name, 0))
-        .collect::<anyhow::Result<_>>()?;
-
-    // The victim: a fetcher frozen (SIGSTOP, so nothing moves while we look) holding the
-    // lease of a folder it has started but not finished; then SIGKILL.
     let (victim, orphans) =
         threatmail_testkit::net::wait_for("a fetcher mid-sync", CONVERGE, || {
             let fleet = &fleet;

@@ -564,7 +564,7 @@ fn report(n: usize) -> Vec<u8> {
 }
 
 /// `raw` with every line end CRLF, as IMAP carries messages (the seeding does the same).
-fn crlf(raw: &[u8]) -> Vec<u8> {
+pub(crate) fn crlf(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 40);
     let mut previous = 0u8;
     for &byte in raw {
