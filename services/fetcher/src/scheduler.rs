@@ -482,6 +482,10 @@ impl Inner {
                     }
                 }
             }
+            if session.is_none() {
+                self.write_state(record, folder, ConnectionState::Connecting)
+                    .await;
+            }
             let open = match session {
                 Some(open) => open,
                 None => match session::open(&self.session, record).await {

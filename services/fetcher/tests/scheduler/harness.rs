@@ -23,6 +23,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// A registry client presenting an API key.
+pub(crate) type RegistryClient = threatmail_proto::v1::registry_client::RegistryClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        threatmail_auth::CredentialInterceptor,
+    >,
+>;
+
 /// How long a test waits for the fetcher to converge.
 pub(crate) const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -205,13 +213,9 @@ impl Harness {
         Ok(statuses.remove(0))
     }
 
-    /// The folder's status as the registry's `GetStatus` serves it, from a registry
-    /// started on this stack's Redis (with the same master key) and an API key with View.
-    pub(crate) async fn registry_status(
-        &self,
-        id: &SourceId,
-        folder: &str,
-    ) -> anyhow::Result<threatmail_proto::v1::FolderStatus> {
+    /// Starts a registry on this stack's Redis (with the same master key) and returns a
+    /// client of it presenting an API key with View.
+    pub(crate) async fn registry(&mut self) -> anyhow::Result<RegistryClient> {
         use secrecy::ExposeSecret as _;
         let mut config = threatmail_registry::Config {
             redis_url: self.stack.redis.url(),
@@ -220,9 +224,11 @@ impl Harness {
         config.master_key.key = Some(self.master_key.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let stop = self.shutdown.child_token();
-        let registry = tokio::spawn(threatmail_registry::run(config, listener, stop.clone()));
-        let _stop = stop.drop_guard();
+        self.tasks.push(tokio::spawn(threatmail_registry::run(
+            config,
+            listener,
+            self.shutdown.child_token(),
+        )));
         let keys = threatmail_auth::RedisApiKeys::new(self.stack.redis.connection_manager().await?);
         let key = keys
             .create(
@@ -235,23 +241,45 @@ impl Harness {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect()
             .await?;
-        let mut client = threatmail_proto::v1::registry_client::RegistryClient::with_interceptor(
-            channel,
-            threatmail_auth::CredentialInterceptor::bearer(key.key.expose_secret())?,
-        );
-        let reply = client
-            .get_status(threatmail_proto::v1::GetStatusRequest {
-                id: id.as_str().to_owned(),
-            })
-            .await?
-            .into_inner();
-        drop(_stop);
-        registry.await??;
-        reply
-            .folders
-            .into_iter()
-            .find(|f| f.raw_name == folder.as_bytes())
-            .ok_or_else(|| anyhow::anyhow!("GetStatus has no folder {folder:?}"))
+        Ok(
+            threatmail_proto::v1::registry_client::RegistryClient::with_interceptor(
+                channel,
+                threatmail_auth::CredentialInterceptor::bearer(key.key.expose_secret())?,
+            ),
+        )
+    }
+
+    /// Waits until the registry's `GetStatus` shows `folder` as the fetcher wrote it (the
+    /// status read just before and just after the call agree) in a state `done` accepts;
+    /// returns both.
+    pub(crate) async fn shown_status(
+        &self,
+        registry: &RegistryClient,
+        id: &SourceId,
+        folder: &str,
+        done: impl Fn(&FolderStatus) -> bool,
+    ) -> anyhow::Result<(FolderStatus, threatmail_proto::v1::FolderStatus)> {
+        threatmail_testkit::net::wait_for("GetStatus to show the status", CONVERGE, || {
+            let mut registry = registry.clone();
+            let done = &done;
+            async move {
+                let before = self.status(id, folder).await.ok()?;
+                let reply = registry
+                    .get_status(threatmail_proto::v1::GetStatusRequest {
+                        id: id.as_str().to_owned(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let after = self.status(id, folder).await.ok()?;
+                let shown = reply
+                    .folders
+                    .into_iter()
+                    .find(|f| f.raw_name == folder.as_bytes())?;
+                (before == after && done(&before)).then_some((before, shown))
+            }
+        })
+        .await
     }
 
     /// Waits until `folder`'s status satisfies `done`.
