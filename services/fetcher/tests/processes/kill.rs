@@ -39,10 +39,11 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() -> anyhow::Resu
         incarnation += 1;
         // Mostly within the sync: after this process's first or second committed batch,
         // plus a random part of a batch's time (but before the batch after that commits),
-        // so the kill lands at any step of a batch (fetching, parsing, writing, renewing). One time in five at a random moment
-        // from the start instead (start-up, login, waiting for the dead one's lease, the
-        // first batches), but never later than the above, so each life syncs only a few
-        // batches and all the kills land inside the sync, on a fast machine too.
+        // so the kill lands at any step of a batch (fetching, parsing, writing, renewing).
+        // One time in five at a random moment from the start instead (start-up, login,
+        // waiting for the dead one's lease, the first batches), but never later than the
+        // above, so each life syncs only a few batches and all the kills land inside the
+        // sync, on a fast machine too.
         let anywhere = rng.below(5) == 0;
         let batches = 1 + usize::try_from(rng.below(2))?;
         let part = rng.fraction();
