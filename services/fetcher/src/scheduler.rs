@@ -625,6 +625,10 @@ impl Inner {
     }
 
     async fn write_status(&self, id: &SourceId, mut status: FolderStatus) {
+        // A source deleted meanwhile keeps no status (its keys went with it).
+        if matches!(self.sources.get(id).await, Ok(None)) {
+            return;
+        }
         status.updated_at = Some(unix_now());
         if let Err(error) = self.sources.write_folder_status(id, &status).await {
             tracing::warn!(folder = %status.raw_name, error = %error, "failed to write a folder status");
@@ -639,25 +643,15 @@ impl Inner {
 
     /// A folder that left the selection, of a source that still exists, shows as disabled.
     async fn mark_stopped(&self, id: &SourceId, folder: &str) {
-        match self.sources.get(id).await {
-            Ok(Some(_)) => {
-                let mut status = self.status(id, folder).await;
-                if status.connection_state != ConnectionState::Disabled {
-                    status.connection_state = ConnectionState::Disabled;
-                    self.write_status(id, status).await;
-                }
-            }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(error = %error, "failed to read a source"),
+        let mut status = self.status(id, folder).await;
+        if status.connection_state != ConnectionState::Disabled {
+            status.connection_state = ConnectionState::Disabled;
+            self.write_status(id, status).await;
         }
     }
 
     /// Writes the folder's status after an attempt and sets its back-off.
     async fn finish(&self, record: &SourceRecord, folder: &str, outcome: Outcome) {
-        // A source deleted meanwhile keeps no status (its keys went with it).
-        if matches!(self.sources.get(&record.id).await, Ok(None)) {
-            return;
-        }
         let mut status = self.status(&record.id, folder).await;
         // Counted from the store, so batches committed by an attempt that failed later (or
         // by a fetcher that died before writing its status) are counted too.

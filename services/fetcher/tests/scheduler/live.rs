@@ -109,5 +109,33 @@ async fn selection_and_enabling_apply_live() -> anyhow::Result<()> {
         "nothing synced from the disabled source"
     );
     assert_eq!(harness.status(&phish, "Beta").await?.last_uid, Some(3));
+
+    // Re-enabled, then deleted while running: it stops and leaves no status behind.
+    let mut record = harness.sources.get(&phish).await?.expect("source");
+    record.enabled = true;
+    let version = record.version;
+    harness.sources.update(&record, version).await?;
+    harness
+        .wait_status("Beta to sync again", &phish, "Beta", |s| {
+            s.last_uid == Some(4)
+        })
+        .await?;
+    assert!(harness.sources.delete(&phish).await?);
+    dovecot_seed
+        .append(INTEL_MAILBOX, "INBOX", &[report(12)])
+        .await?;
+    harness
+        .wait_status("the intel INBOX's newest mail", &intel, "INBOX", |s| {
+            s.last_uid == Some(3)
+        })
+        .await?;
+    for folder in ["Alpha", "Beta"] {
+        let status = harness.status(&phish, folder).await?;
+        assert_eq!(
+            status,
+            threatmail_source::FolderStatus::new(folder),
+            "no status is written for a deleted source"
+        );
+    }
     harness.stop().await
 }
