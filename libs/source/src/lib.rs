@@ -13,6 +13,7 @@
 //! - [`cloud`]: Global, US Government and China, each giving authority, scope and IMAP host.
 //! - [`settings`]: the master-key settings every service that opens secrets shares.
 
+pub mod checklist;
 pub mod cloud;
 pub mod crypto;
 pub mod folders;

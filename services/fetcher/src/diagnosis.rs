@@ -5,13 +5,10 @@
 //! object id, no FullAccess, a wrong mailbox address, IMAP off for the mailbox) with the
 //! same `NO AUTHENTICATE failed.`, or accepts the login and then says `BAD User is
 //! authenticated but not connected.`; for those the status carries one ordered checklist,
-//! most likely first, worded like the registry's Save and Continue checklist so the user
-//! sees the same steps in both places.
+//! most likely first, the same steps as the registry's Save and Continue checklist
+//! (`threatmail_source::checklist`).
 
-/// Reason of a refused AUTHENTICATE or LOGIN.
-pub const AUTHENTICATE_FAILED: &str = "imap.authenticate_failed";
-/// Reason of Exchange's "authenticated but not connected".
-pub const NOT_CONNECTED: &str = "imap.not_connected";
+pub use threatmail_source::checklist::{AUTHENTICATE_FAILED, NOT_CONNECTED};
 
 /// What the checklist is filled in with.
 #[derive(Debug, Clone, Copy)]
@@ -48,45 +45,20 @@ pub fn refused_login_summary(reason: &str, mailbox: &str, server_text: &str) -> 
 }
 
 /// The ordered checklist of setup steps 5–6 (most likely first), each step with the
-/// Exchange Online PowerShell command that checks it.
+/// Exchange Online PowerShell command that checks it (`threatmail_source::checklist`, shared
+/// with the registry's Save and Continue).
 pub fn checklist(reason: &str, facts: SourceFacts<'_>) -> Vec<String> {
-    let SourceFacts {
-        mailbox,
-        app_id,
-        object_id,
-    } = facts;
-    let oid = object_id.unwrap_or("<Enterprise application Object ID>");
-    let mut steps = vec![
-        format!(
-            "Setup step 5: the app is registered in Exchange Online as a service principal \
-             with the Enterprise application's Object ID, not the app registration's object \
-             id [Get-ServicePrincipal | Where-Object AppId -eq '{app_id}'  # ObjectId must be \
-             {oid}; if missing: New-ServicePrincipal -AppId {app_id} -ObjectId {oid}]"
-        ),
-        format!(
-            "Setup step 5: that service principal has FullAccess on {mailbox} \
-             [Get-MailboxPermission -Identity {mailbox} -User {oid}  # if missing: \
-             Add-MailboxPermission -Identity {mailbox} -User {oid} -AccessRights FullAccess]"
-        ),
-        format!(
-            "The Email field ({mailbox}) is the address of the mailbox that was granted (for a \
-             shared mailbox, the shared mailbox's own address) [Get-Mailbox -Identity \
-             {mailbox} | Format-List PrimarySmtpAddress]"
-        ),
-        format!(
-            "Setup step 6: IMAP is enabled for {mailbox} [Get-CASMailbox -Identity {mailbox} \
-             | Format-List ImapEnabled  # if False: Set-CASMailbox -Identity {mailbox} \
-             -ImapEnabled $true]"
-        ),
-    ];
-    if reason == NOT_CONNECTED {
-        steps.push(format!(
-            "Too many connections to {mailbox} at once: Exchange allows a small number per \
-             mailbox, shared by every app that opens it; close other IMAP clients or lower \
-             sync.connections_per_mailbox"
-        ));
-    }
-    steps
+    let facts = threatmail_source::checklist::Facts {
+        mailbox: facts.mailbox,
+        app_id: facts.app_id,
+        object_id: facts.object_id,
+        object_id_from_token: false,
+        connection_limit_fix: "close other IMAP clients or lower sync.connections_per_mailbox",
+    };
+    threatmail_source::checklist::steps(reason, facts)
+        .iter()
+        .map(threatmail_source::checklist::Step::one_line)
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,13 +10,11 @@
 //! says which of them it is.
 
 use threatmail_proto::v1 as pb;
+use threatmail_source::checklist;
 
 use crate::spec::problem;
 
-/// The fetcher's reason for a refused AUTHENTICATE/LOGIN.
-pub const AUTHENTICATE_FAILED: &str = "imap.authenticate_failed";
-/// The fetcher's reason for Exchange's "authenticated but not connected".
-pub const NOT_CONNECTED: &str = "imap.not_connected";
+pub use threatmail_source::checklist::{AUTHENTICATE_FAILED, NOT_CONNECTED};
 /// The broker's reason for a token without `IMAP.AccessAsApp` (or not for Exchange).
 pub const CONSENT_MISSING: &str = "token.imap_consent_missing";
 /// The broker's reason for a token `oid` other than the Object ID entered.
@@ -146,12 +144,6 @@ pub fn refused_login(
 
 /// The ordered checklist of setup steps 5–6 for a refused login.
 pub fn checklist_for(reason: &str, context: Context<'_>, oid: Option<&str>) -> pb::Checklist {
-    let mailbox = context.mailbox;
-    let app = context.app_id;
-    let oid_text = oid.unwrap_or("<Enterprise application Object ID>");
-    let oid_known = oid
-        .map(|o| format!(" ({o}, the oid in the token)"))
-        .unwrap_or_default();
     let summary = if reason == NOT_CONNECTED {
         "Exchange accepted the login but would not open the mailbox (BAD User is \
          authenticated but not connected.). It gives this answer for each of the causes \
@@ -163,60 +155,22 @@ pub fn checklist_for(reason: &str, context: Context<'_>, oid: Option<&str>) -> p
          which; check them in this order:"
             .to_owned()
     };
-    let mut steps = vec![
-        pb::ChecklistStep {
-            id: "exchange.service_principal".to_owned(),
-            message: format!(
-                "Setup step 5: the app is registered in Exchange Online as a service principal \
-                 with the Enterprise application's Object ID{oid_known}, not the app \
-                 registration's object id"
-            ),
-            field: "object_id".to_owned(),
-            command: format!(
-                "Get-ServicePrincipal | Where-Object AppId -eq '{app}'  # ObjectId must be \
-                 {oid_text}; if missing: New-ServicePrincipal -AppId {app} -ObjectId {oid_text}"
-            ),
-        },
-        pb::ChecklistStep {
-            id: "exchange.full_access".to_owned(),
-            message: format!("Setup step 5: that service principal has FullAccess on {mailbox}"),
-            field: "email".to_owned(),
-            command: format!(
-                "Get-MailboxPermission -Identity {mailbox} -User {oid_text}  # if missing: \
-                 Add-MailboxPermission -Identity {mailbox} -User {oid_text} -AccessRights FullAccess"
-            ),
-        },
-        pb::ChecklistStep {
-            id: "source.mailbox_address".to_owned(),
-            message: format!(
-                "The Email field ({mailbox}) is the address of the mailbox that was granted \
-                 (for a shared mailbox, the shared mailbox's own address)"
-            ),
-            field: "email".to_owned(),
-            command: format!("Get-Mailbox -Identity {mailbox} | Format-List PrimarySmtpAddress"),
-        },
-        pb::ChecklistStep {
-            id: "exchange.imap_enabled".to_owned(),
-            message: format!("Setup step 6: IMAP is enabled for {mailbox}"),
-            field: String::new(),
-            command: format!(
-                "Get-CASMailbox -Identity {mailbox} | Format-List ImapEnabled  # if False: \
-                 Set-CASMailbox -Identity {mailbox} -ImapEnabled $true"
-            ),
-        },
-    ];
-    if reason == NOT_CONNECTED {
-        steps.push(pb::ChecklistStep {
-            id: "exchange.connection_limit".to_owned(),
-            message: format!(
-                "Too many connections to {mailbox} at once: Exchange allows a small number per \
-                 mailbox, shared by every app that opens it; close other IMAP clients and test \
-                 again"
-            ),
-            field: String::new(),
-            command: String::new(),
-        });
-    }
+    let facts = checklist::Facts {
+        mailbox: context.mailbox,
+        app_id: context.app_id,
+        object_id: oid,
+        object_id_from_token: oid.is_some(),
+        connection_limit_fix: "close other IMAP clients and test again",
+    };
+    let steps = checklist::steps(reason, facts)
+        .into_iter()
+        .map(|step| pb::ChecklistStep {
+            id: step.id.to_owned(),
+            message: step.message,
+            field: step.field.to_owned(),
+            command: step.command,
+        })
+        .collect();
     pb::Checklist {
         reason: reason.to_owned(),
         summary,
