@@ -7,6 +7,8 @@
 //!   process, against the message's size.
 //! - `scan_linearity`: extraction speed on hostile text (long base64 runs ending in `@` or `.`)
 //!   against prose of the same size.
+//! - `sync`: a 12,000-message folder synced end to end by the fetcher's `sync_folder` over
+//!   TLS + XOAUTH2, against a bare async-imap `UID FETCH 1:* BODY.PEEK[]` and mbsync.
 //!
 //! The corpus (`../shared/corpus`) is read in place and never copied; generated files go to
 //! `target/bench/`.
