@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
-use threatmail_auth::ServiceCredential;
 use threatmail_source::MasterKey;
 use threatmail_testkit::net::{free_port, wait_for_port};
 use threatmail_testkit::stack::LocalStack;
@@ -154,6 +153,25 @@ fn seconds(duration: Duration) -> String {
     toml_string(&format!("{}ms", duration.as_millis()))
 }
 
+/// `threatmail credential create --name NAME -o FILE --json`: the credential's hash.
+async fn create_credential(threatmail: &Path, name: &str, file: &Path) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(threatmail)
+        .args(["credential", "create", "--json", "--name", name, "--output"])
+        .arg(file)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "threatmail credential create --name {name} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    reply["hash"]
+        .as_str()
+        .map(str::to_owned)
+        .context("threatmail credential create printed no hash")
+}
+
 impl Deployment {
     /// Writes the configuration, starts the processes of `layout`, waits until they listen
     /// and bootstraps an admin API key.
@@ -243,26 +261,27 @@ impl Deployment {
         match layout {
             Layout::OneProcess => targets.push(("all".to_owned(), "all", BTreeMap::new())),
             Layout::Split { .. } => {
-                // Service credentials in files, each side configured as in production.
-                let registry_credential = ServiceCredential::generate("registry")?;
-                let fetcher_credential = ServiceCredential::generate("fetcher")?;
+                // Service credentials in files, made as the deployment guide says
+                // (`threatmail credential create`), each side configured as in production.
                 let registry_file = dir.join("registry-credential");
                 let fetcher_file = dir.join("fetcher-credential");
-                write_private(&registry_file, registry_credential.expose())?;
-                write_private(&fetcher_file, fetcher_credential.expose())?;
+                let registry_credential =
+                    create_credential(&threatmail, "registry", &registry_file).await?;
+                let fetcher_credential =
+                    create_credential(&threatmail, "fetcher", &fetcher_file).await?;
                 let credential = |section: &str, file: &Path| {
                     (
                         format!("THREATMAIL_{section}__AUTH__CREDENTIAL_FILE"),
                         file.display().to_string(),
                     )
                 };
-                let allow = |section: &str, caller: &str, credential: &ServiceCredential| {
+                let allow = |section: &str, caller: &str, hash: &str| {
                     (
                         format!(
                             "THREATMAIL_{section}__AUTH__SERVICES__{}",
                             caller.to_uppercase()
                         ),
-                        credential.hash(),
+                        hash.to_owned(),
                     )
                 };
                 targets.push((
