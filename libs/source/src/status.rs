@@ -11,7 +11,7 @@
 //! | `raw_name` | the folder's raw name |
 //! | `last_poll` | Unix seconds of the last completed poll |
 //! | `uidvalidity`, `last_uid` | the checkpoint as of the last poll |
-//! | `messages_synced` | messages stored from this folder so far (`HINCRBY`) |
+//! | `messages_synced` | records with a location in this folder, set by the fetcher from the store's count after each attempt (so batches committed by an attempt that failed later count too) |
 //! | `retry_count` | failed attempts since the last success |
 //! | `connection_state` | [`ConnectionState`] as a word |
 //! | `last_error` | [`FolderError`] as JSON, absent after a success |
@@ -132,7 +132,8 @@ pub struct FolderStatus {
     pub uidvalidity: Option<u32>,
     /// Highest UID stored.
     pub last_uid: Option<u32>,
-    /// Messages stored from this folder.
+    /// Records with a location in this folder, as the store counts them (set, not
+    /// incremented, after each attempt).
     pub messages_synced: u64,
     /// The last failure, cleared by a success.
     pub last_error: Option<FolderError>,

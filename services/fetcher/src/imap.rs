@@ -8,6 +8,7 @@
 //! - [`folders`]: LIST into a folder tree with modified UTF-7 names decoded for people and
 //!   the server's raw names kept for commands.
 
+pub mod actions;
 pub(crate) mod command;
 pub mod connect;
 pub mod fetch;

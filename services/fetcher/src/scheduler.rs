@@ -37,7 +37,7 @@ use crate::diagnosis::{self, SourceFacts};
 use crate::imap::ImapError;
 use crate::imap::select_folder::Access;
 use crate::session::{self, SessionError, SessionParts, SourceSession};
-use crate::sync::{SyncContext, SyncError, SyncLimits, SyncReport, sync_folder};
+use crate::sync::{SyncContext, SyncError, SyncLimits, SyncReport, sync_folder_with_action};
 
 /// What the scheduler works with.
 #[derive(Debug, Clone)]
@@ -563,7 +563,7 @@ impl Inner {
             user,
             store: &self.store,
             source_id: &record.id,
-            // No action after processing is carried out yet, so the mailbox is only read.
+            // SELECT only when the action after processing changes the mailbox.
             access: Access::ReadOnly,
             limits: &self.limits,
         };
@@ -609,7 +609,7 @@ impl Inner {
             () = stop.cancelled() => Err(Interrupted::Stopped),
             () = deselected => Err(Interrupted::Stopped),
             () = renew => Err(Interrupted::LeaseLost),
-            result = sync_folder(session, context, folder, lease) => result.map_err(Interrupted::Sync),
+            result = sync_folder_with_action(session, context, &record.after_processing, folder, lease) => result.map_err(Interrupted::Sync),
         }
     }
 
@@ -668,8 +668,20 @@ impl Inner {
                 status.uidvalidity = Some(report.uidvalidity);
                 status.last_uid = Some(report.last_uid);
                 status.retry_count = 0;
-                status.last_error = None;
-                status.connection_state = ConnectionState::Idle;
+                // New mail was stored; an action the server refused (the messages stay
+                // where they are) is the user's to fix and is retried at every poll.
+                status.last_error = report.action_error.as_ref().map(|error| FolderError {
+                    reason: ACTION_FAILED.to_owned(),
+                    message: error.message(folder),
+                    upstream_code: error.text.clone(),
+                    checklist: Vec::new(),
+                    at: unix_now(),
+                });
+                status.connection_state = if report.action_error.is_some() {
+                    ConnectionState::Failed
+                } else {
+                    ConnectionState::Idle
+                };
                 self.write_status(&record.id, status).await;
                 return;
             }
@@ -722,6 +734,9 @@ impl Inner {
         self.write_status(&record.id, status).await;
     }
 }
+
+/// The reason of a folder status whose action after processing the server refused.
+pub const ACTION_FAILED: &str = "fetcher.action_failed";
 
 /// A failure as the status shows it.
 struct Judged {

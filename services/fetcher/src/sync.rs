@@ -1,8 +1,8 @@
 //! Syncing one (source, folder) as DESIGN §4 lays it out, on a logged-in session and under
 //! a held lease:
 //!
-//! 1. `EXAMINE` the folder (never `SELECT` unless an action after processing needs it):
-//!    UIDVALIDITY, UIDNEXT.
+//! 1. `EXAMINE` the folder (`SELECT` only when the source's action after processing changes
+//!    the mailbox): UIDVALIDITY, UIDNEXT.
 //! 2. Compare with the checkpoint (uidvalidity, last_uid). A changed UIDVALIDITY starts
 //!    again from UID 1; the store's identity (content hash, and Message-ID + Date + From)
 //!    keeps that from duplicating anything (case BR-06).
@@ -12,14 +12,23 @@
 //! 4. Each batch is parsed and written together with the new checkpoint in one atomic
 //!    step that checks the lease's fencing token, so a crash anywhere loses nothing and
 //!    duplicates nothing, and a fetcher that lost its lease commits nothing.
+//! 5. The action after processing (mark seen, or move) is applied to a batch's UIDs only
+//!    after the batch has committed. A crash between the commit and the action leaves
+//!    committed messages without their action, so every sync first reconciles: messages
+//!    still in the folder (for move) or still unseen (for seen) with a UID up to the
+//!    checkpoint's (same UIDVALIDITY) are committed and pending, and get their action then.
+//!    A failed action (e.g. a move target that does not exist) leaves the messages where
+//!    they are, is reported, and is retried at the next sync; new mail is still stored.
 
 use std::time::Duration;
 
 use threatmail_source::SourceId;
+use threatmail_source::record::AfterProcessing;
 use threatmail_store::{
     BatchItem, Fence, IncomingMessage, Lease, Store, StoreError, WriteBatch, WriteOutcome,
 };
 
+use crate::imap::actions::{MoveSupport, mark_seen, move_support, move_to, uid_search};
 use crate::imap::fetch::{Announced, Body, announced_since, bodies};
 use crate::imap::select_folder::{Access, open};
 use crate::imap::{ImapError, Session};
@@ -92,6 +101,41 @@ pub struct SyncReport {
     pub skipped: usize,
     /// Whether UIDVALIDITY changed since the checkpoint.
     pub uidvalidity_changed: bool,
+    /// Messages the action after processing was applied to (committed ones left pending
+    /// by an earlier sync included).
+    pub acted: usize,
+    /// Why the action after processing could not be applied (the messages stay as they
+    /// are and the action is retried at the next sync).
+    pub action_error: Option<ActionError>,
+}
+
+/// An action after processing the server refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionError {
+    /// The action, as the status names it.
+    pub action: AfterProcessing,
+    /// The server's words.
+    pub text: String,
+}
+
+impl ActionError {
+    /// What the folder's status says: what failed, that nothing was lost, what to do.
+    pub fn message(&self, folder: &str) -> String {
+        match &self.action {
+            AfterProcessing::MoveTo { folder: target } => format!(
+                "messages of {folder:?} could not be moved to {target:?} ({}): create the \
+                 folder {target:?} in the mailbox, or change the source's move target \
+                 (--move-to); the messages stay in {folder:?}, are stored all the same, \
+                 and are moved at the next poll once the target exists",
+                self.text
+            ),
+            _ => format!(
+                "messages of {folder:?} could not be marked seen ({}); they are stored all \
+                 the same and marking is retried at the next poll",
+                self.text
+            ),
+        }
+    }
 }
 
 /// What a folder sync works with: the session's server and mailbox, the store, the
@@ -112,14 +156,33 @@ pub struct SyncContext<'a> {
     pub limits: &'a SyncLimits,
 }
 
-/// Syncs `folder` (its raw name) on `session`, holding `lease`.
-#[tracing::instrument(skip_all, fields(source_id = %context.source_id.as_str(), folder = %folder))]
+/// Syncs `folder` (its raw name) on `session`, holding `lease`, with no action after
+/// processing.
 pub async fn sync_folder(
     session: &mut Session,
     context: SyncContext<'_>,
     folder: &str,
     lease: &Lease,
 ) -> Result<SyncReport, SyncError> {
+    sync_folder_with_action(session, context, &AfterProcessing::None, folder, lease).await
+}
+
+/// Syncs `folder` (its raw name) on `session`, holding `lease`, applying `action` to each
+/// committed batch (and first to committed messages an earlier sync left pending). The
+/// folder is opened with `SELECT` when the action changes the mailbox. A move into the
+/// folder itself does nothing.
+#[tracing::instrument(skip_all, fields(source_id = %context.source_id.as_str(), folder = %folder))]
+pub async fn sync_folder_with_action(
+    session: &mut Session,
+    context: SyncContext<'_>,
+    action: &AfterProcessing,
+    folder: &str,
+    lease: &Lease,
+) -> Result<SyncReport, SyncError> {
+    let action = match action {
+        AfterProcessing::MoveTo { folder: target } if target == folder => &AfterProcessing::None,
+        other => other,
+    };
     let SyncContext {
         server,
         user,
@@ -134,6 +197,11 @@ pub async fn sync_folder(
         source,
     };
     let stored = |source| store_error(source_id, folder, source);
+    let access = if *action == AfterProcessing::None {
+        access
+    } else {
+        Access::ReadWrite
+    };
     let state = open(
         session,
         server,
@@ -162,6 +230,35 @@ pub async fn sync_folder(
             new = state.uidvalidity,
             "uidvalidity changed; resyncing the folder from the start"
         );
+    }
+    let mut actor = Actor::new(action);
+    if actor.is_active() {
+        actor
+            .support(session, server, user, limits)
+            .await
+            .map_err(imap)?;
+        // Committed earlier but left without their action (a crash after the commit, a
+        // refused move, or an action configured since).
+        if last_uid > 0 {
+            let criteria = match action {
+                AfterProcessing::MarkSeen => format!("UNSEEN UID 1:{last_uid}"),
+                _ => format!("UID 1:{last_uid}"),
+            };
+            let pending = uid_search(session, server, user, &criteria, limits.command_timeout)
+                .await
+                .map_err(imap)?;
+            let pending: Vec<u32> = pending.into_iter().filter(|uid| *uid <= last_uid).collect();
+            if !pending.is_empty() {
+                tracing::info!(
+                    pending = pending.len(),
+                    "applying the action after processing to committed messages"
+                );
+            }
+            actor
+                .apply(session, server, user, &pending, limits, &mut report)
+                .await
+                .map_err(imap)?;
+        }
     }
     // UIDNEXT says there is nothing new: no FETCH at all.
     if state
@@ -198,6 +295,10 @@ pub async fn sync_folder(
             .and_then(|n| batches.get(n))
             .zip(fetched.take());
         let to_fetch = batches.get(step);
+        let written_uids: Vec<u32> = to_write
+            .as_ref()
+            .map(|(batch, _)| batch.iter().map(|m| m.uid).collect())
+            .unwrap_or_default();
         let connection = &mut *session;
         let write = async move {
             let (batch, items) = to_write?;
@@ -243,6 +344,13 @@ pub async fn sync_folder(
         }
         parsed = items.transpose().map_err(stored)?;
         fetched = bodies.transpose().map_err(imap)?;
+        // The batch has committed: now its action (never before).
+        if actor.is_active() && !written_uids.is_empty() {
+            actor
+                .apply(session, server, user, &written_uids, limits, &mut report)
+                .await
+                .map_err(imap)?;
+        }
     }
     tracing::info!(
         stored = report.stored,
@@ -252,6 +360,85 @@ pub async fn sync_folder(
         "folder synced"
     );
     Ok(report)
+}
+
+/// Applies the action after processing; after a refusal it stops for the rest of the
+/// sync (the messages stay as they are and the next sync reconciles them).
+struct Actor<'a> {
+    action: &'a AfterProcessing,
+    support: MoveSupport,
+    refused: bool,
+}
+
+impl<'a> Actor<'a> {
+    fn new(action: &'a AfterProcessing) -> Self {
+        Self {
+            action,
+            support: MoveSupport::default(),
+            refused: false,
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        *self.action != AfterProcessing::None && !self.refused
+    }
+
+    async fn support(
+        &mut self,
+        session: &mut Session,
+        server: &str,
+        user: &str,
+        limits: &SyncLimits,
+    ) -> Result<(), ImapError> {
+        if matches!(self.action, AfterProcessing::MoveTo { .. }) {
+            self.support = move_support(session, server, user, limits.command_timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the action to `uids`; a refusal (`NO`, e.g. `[TRYCREATE]` for a missing
+    /// target) goes into the report, anything else ends the sync.
+    async fn apply(
+        &mut self,
+        session: &mut Session,
+        server: &str,
+        user: &str,
+        uids: &[u32],
+        limits: &SyncLimits,
+        report: &mut SyncReport,
+    ) -> Result<(), ImapError> {
+        if !self.is_active() || uids.is_empty() {
+            return Ok(());
+        }
+        let limit = limits.command_timeout;
+        let result = match self.action {
+            AfterProcessing::None => Ok(()),
+            AfterProcessing::MarkSeen => mark_seen(session, server, user, uids, limit).await,
+            AfterProcessing::MoveTo { folder } => {
+                move_to(session, server, user, uids, folder, self.support, limit).await
+            }
+        };
+        match result {
+            Ok(()) => {
+                report.acted += uids.len();
+                Ok(())
+            }
+            Err(ImapError::CommandFailed { text, .. }) => {
+                tracing::warn!(
+                    action = ?self.action,
+                    text = %text,
+                    "the server refused the action after processing; retried at the next sync"
+                );
+                self.refused = true;
+                report.action_error = Some(ActionError {
+                    action: self.action.clone(),
+                    text,
+                });
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
 }
 
 /// Writes one batch with its checkpoint, then renews the lease; returns the outcome and

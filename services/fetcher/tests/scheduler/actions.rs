@@ -1,0 +1,358 @@
+//! Actions after processing through the scheduler on real Dovecot: mark seen, move (into a
+//! folder that is selected too), the action applied at the next sync to messages committed
+//! without it (a crash between the commit and the action), a missing move target, and a
+//! UIDVALIDITY change.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt as _;
+use threatmail_fetcher::imap::Session;
+use threatmail_fetcher::scheduler::ACTION_FAILED;
+use threatmail_source::record::AfterProcessing;
+use threatmail_source::{ConnectionState, FolderStatus, SourceId};
+use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture};
+
+use crate::harness::{Harness, crlf, report};
+
+const FOLDER: &str = "Phish Reports";
+const TARGET: &str = "Processed";
+
+async fn start(messages: Vec<Vec<u8>>) -> anyhow::Result<Harness> {
+    let mut fixture = TenantFixture::everything_right();
+    *fixture
+        .primary_tenant_mut()
+        .expect("tenant")
+        .exchange
+        .mailbox_mut(PHISH_MAILBOX)
+        .expect("mailbox") = Mailbox::new(PHISH_MAILBOX).with_messages(FOLDER, messages);
+    Harness::start(fixture).await
+}
+
+/// A source on Dovecot with `folders` selected and `action` after processing.
+async fn source(
+    harness: &Harness,
+    folders: &[&str],
+    action: AfterProcessing,
+) -> anyhow::Result<SourceId> {
+    let dovecot = harness.stack.dovecot.imaps_addr();
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, dovecot, folders)
+        .await?;
+    set_action(harness, &id, action).await?;
+    Ok(id)
+}
+
+async fn set_action(
+    harness: &Harness,
+    id: &SourceId,
+    action: AfterProcessing,
+) -> anyhow::Result<()> {
+    let mut record = harness.sources.get(id).await?.expect("source");
+    let version = record.version;
+    record.after_processing = action;
+    harness.sources.update(&record, version).await?;
+    Ok(())
+}
+
+/// A fetcher writing batches of five (so a sync has several batches, each acted on).
+async fn spawn(harness: &mut Harness) -> anyhow::Result<()> {
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.sync.batch_messages = 5;
+    harness.spawn_fetcher(config).await?;
+    Ok(())
+}
+
+fn move_to(folder: &str) -> AfterProcessing {
+    AfterProcessing::MoveTo {
+        folder: folder.to_owned(),
+    }
+}
+
+/// Every message's flags (without the session's `\Recent`), by UID.
+async fn flags(session: &mut Session, folder: &str) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
+    session.select(folder).await?;
+    let fetched: Vec<_> = session
+        .uid_fetch("1:*", "FLAGS")
+        .await?
+        .try_collect()
+        .await?;
+    Ok(fetched
+        .iter()
+        .filter_map(|f| {
+            let mut flags: Vec<String> = f
+                .flags()
+                .filter(|flag| !matches!(flag, async_imap::types::Flag::Recent))
+                .map(|flag| format!("{flag:?}"))
+                .collect();
+            flags.sort();
+            f.uid.map(|uid| (uid, flags))
+        })
+        .collect())
+}
+
+/// The bytes of every message in `folder`, sorted.
+async fn bodies(session: &mut Session, folder: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mailbox = session.select(folder).await?;
+    if mailbox.exists == 0 {
+        return Ok(Vec::new());
+    }
+    let fetched: Vec<_> = session
+        .uid_fetch("1:*", "BODY.PEEK[]")
+        .await?
+        .try_collect()
+        .await?;
+    let mut out: Vec<Vec<u8>> = fetched
+        .iter()
+        .filter_map(|f| f.body().map(<[u8]>::to_vec))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn served(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = messages.iter().map(|m| crlf(m)).collect();
+    out.sort();
+    out
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn synced_to(uid: u32) -> impl Fn(&FolderStatus) -> bool {
+    move |s| s.last_uid == Some(uid) && s.connection_state == ConnectionState::Idle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mark_seen_sets_seen_on_every_synced_message_and_nothing_else() -> anyhow::Result<()> {
+    let messages: Vec<Vec<u8>> = (1..=12).map(report).collect();
+    let mut harness = start(messages.clone()).await?;
+    let mut imap = harness.imap(PHISH_MAILBOX).await?;
+    imap.select(FOLDER).await?;
+    let _: Vec<_> = imap
+        .uid_store("1,4,7", "+FLAGS (\\Flagged)")
+        .await?
+        .try_collect()
+        .await?;
+    let _: Vec<_> = imap
+        .uid_store("2", "+FLAGS (\\Seen)")
+        .await?
+        .try_collect()
+        .await?;
+    let before = flags(&mut imap, FOLDER).await?;
+    assert_eq!(before.len(), 12);
+
+    let id = source(&harness, &[FOLDER], AfterProcessing::MarkSeen).await?;
+    spawn(&mut harness).await?;
+    let synced = harness
+        .wait_status("the folder to sync", &id, FOLDER, synced_to(12))
+        .await?;
+    assert_eq!(synced.last_error, None);
+    assert_eq!(harness.store.count(&id).await?, 12);
+
+    let after = flags(&mut imap, FOLDER).await?;
+    for (uid, flags) in &before {
+        let mut expected = flags.clone();
+        if !expected.iter().any(|f| f == "Seen") {
+            expected.push("Seen".to_owned());
+            expected.sort();
+        }
+        assert_eq!(after.get(uid), Some(&expected), "flags of UID {uid}");
+    }
+    assert_eq!(after.len(), before.len(), "nothing moved or removed");
+    imap.logout().await?;
+    harness.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_puts_every_message_in_the_target_once_with_one_record_each() -> anyhow::Result<()> {
+    let messages: Vec<Vec<u8>> = (1..=12).map(report).collect();
+    let mut harness = start(messages.clone()).await?;
+    harness
+        .stack
+        .dovecot
+        .create_folder(PHISH_MAILBOX, TARGET)
+        .await?;
+    // The target is selected too: its messages add locations, never records, and are not
+    // moved into themselves.
+    let id = source(&harness, &[FOLDER, TARGET], move_to(TARGET)).await?;
+    spawn(&mut harness).await?;
+    harness
+        .wait_status("the folder to sync", &id, FOLDER, synced_to(12))
+        .await?;
+    let target = harness
+        .wait_status("the target to sync", &id, TARGET, synced_to(12))
+        .await?;
+    assert_eq!(target.last_error, None);
+
+    let mut imap = harness.imap(PHISH_MAILBOX).await?;
+    assert_eq!(bodies(&mut imap, FOLDER).await?, Vec::<Vec<u8>>::new());
+    assert_eq!(bodies(&mut imap, TARGET).await?, served(&messages));
+    assert_eq!(harness.store.count(&id).await?, 12);
+    assert_eq!(harness.store.count_in_folder(&id, FOLDER).await?, 12);
+    assert_eq!(harness.store.count_in_folder(&id, TARGET).await?, 12);
+
+    // Later polls change nothing (the target is not moved into itself).
+    let first = target.last_poll.unwrap_or_default();
+    let later = harness
+        .wait_status("later polls", &id, TARGET, |s| {
+            s.last_poll.is_some_and(|p| p >= first + 2)
+        })
+        .await?;
+    assert_eq!(later.last_uid, Some(12));
+    assert_eq!(bodies(&mut imap, TARGET).await?, served(&messages));
+    assert_eq!(harness.store.count(&id).await?, 12);
+    imap.logout().await?;
+    harness.stop().await
+}
+
+/// Committed without the action (as after a crash between the commit and the action):
+/// the next sync applies it to the already-committed messages, and to new mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_committed_without_their_action_get_it_at_the_next_sync() -> anyhow::Result<()> {
+    let messages: Vec<Vec<u8>> = (1..=8).map(report).collect();
+    let mut harness = start(messages.clone()).await?;
+    harness
+        .stack
+        .dovecot
+        .create_folder(PHISH_MAILBOX, TARGET)
+        .await?;
+    let id = source(&harness, &[FOLDER], AfterProcessing::None).await?;
+    spawn(&mut harness).await?;
+    harness
+        .wait_status("the folder to sync", &id, FOLDER, synced_to(8))
+        .await?;
+    let mut imap = harness.imap(PHISH_MAILBOX).await?;
+    assert_eq!(bodies(&mut imap, FOLDER).await?, served(&messages));
+
+    set_action(&harness, &id, move_to(TARGET)).await?;
+    let switched = unix_now();
+    harness
+        .wait_status("polls after the switch", &id, FOLDER, |s| {
+            s.last_poll.is_some_and(|p| p >= switched + 2)
+        })
+        .await?;
+    assert_eq!(bodies(&mut imap, FOLDER).await?, Vec::<Vec<u8>>::new());
+    assert_eq!(bodies(&mut imap, TARGET).await?, served(&messages));
+    assert_eq!(harness.store.count(&id).await?, 8);
+
+    let new: Vec<Vec<u8>> = (9..=11).map(report).collect();
+    harness
+        .stack
+        .dovecot
+        .append(PHISH_MAILBOX, FOLDER, &new)
+        .await?;
+    let status = harness
+        .wait_status("the new mail", &id, FOLDER, synced_to(11))
+        .await?;
+    assert_eq!(status.last_error, None);
+    let all: Vec<Vec<u8>> = messages.iter().chain(&new).cloned().collect();
+    assert_eq!(bodies(&mut imap, FOLDER).await?, Vec::<Vec<u8>>::new());
+    assert_eq!(bodies(&mut imap, TARGET).await?, served(&all));
+    assert_eq!(harness.store.count(&id).await?, 11);
+    imap.logout().await?;
+    harness.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_move_target_is_shown_and_nothing_moves_until_it_exists() -> anyhow::Result<()> {
+    const MISSING: &str = "Triaged Phish";
+    let messages: Vec<Vec<u8>> = (1..=6).map(report).collect();
+    let mut harness = start(messages.clone()).await?;
+    let id = source(&harness, &[FOLDER], move_to(MISSING)).await?;
+    spawn(&mut harness).await?;
+    let refused =
+        |uid: u32| move |s: &FolderStatus| s.last_uid == Some(uid) && s.last_error.is_some();
+    let failed = harness
+        .wait_status("the refused move", &id, FOLDER, refused(6))
+        .await?;
+    let error = failed.last_error.clone().expect("error");
+    assert_eq!(error.reason, ACTION_FAILED);
+    assert!(
+        error.message.contains(MISSING) && error.message.contains("create the folder"),
+        "{error:?}"
+    );
+    assert_eq!(failed.connection_state, ConnectionState::Failed);
+    assert_eq!(failed.messages_synced, 6);
+    let mut imap = harness.imap(PHISH_MAILBOX).await?;
+    assert_eq!(bodies(&mut imap, FOLDER).await?, served(&messages));
+    assert_eq!(harness.store.count(&id).await?, 6);
+
+    // New mail is still stored.
+    let new: Vec<Vec<u8>> = (7..=8).map(report).collect();
+    harness
+        .stack
+        .dovecot
+        .append(PHISH_MAILBOX, FOLDER, &new)
+        .await?;
+    harness
+        .wait_status("the new mail", &id, FOLDER, refused(8))
+        .await?;
+    assert_eq!(harness.store.count(&id).await?, 8);
+    let all: Vec<Vec<u8>> = messages.iter().chain(&new).cloned().collect();
+    assert_eq!(bodies(&mut imap, FOLDER).await?, served(&all));
+
+    // Once the target exists, the next poll moves everything.
+    harness
+        .stack
+        .dovecot
+        .create_folder(PHISH_MAILBOX, MISSING)
+        .await?;
+    let recovered = harness
+        .wait_status("the move to succeed", &id, FOLDER, |s| {
+            synced_to(8)(s) && s.last_error.is_none()
+        })
+        .await?;
+    assert_eq!(recovered.retry_count, 0);
+    assert_eq!(bodies(&mut imap, FOLDER).await?, Vec::<Vec<u8>>::new());
+    assert_eq!(bodies(&mut imap, MISSING).await?, served(&all));
+    assert_eq!(harness.store.count(&id).await?, 8);
+    imap.logout().await?;
+    harness.stop().await
+}
+
+/// The folder rebuilt (a new UIDVALIDITY) with the same messages plus one: exactly one new
+/// record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_folder_adds_exactly_the_one_new_record() -> anyhow::Result<()> {
+    let mut harness = start((1..=6).map(report).collect()).await?;
+    let id = source(&harness, &[FOLDER], AfterProcessing::None).await?;
+    spawn(&mut harness).await?;
+    let first = harness
+        .wait_status("the folder to sync", &id, FOLDER, synced_to(6))
+        .await?;
+    assert_eq!(harness.store.count(&id).await?, 6);
+
+    // Dovecot ends a session whose selected folder is deleted; delete from another one.
+    let mut admin = harness.imap(PHISH_MAILBOX).await?;
+    admin.delete(FOLDER).await?;
+    admin.logout().await?;
+    harness
+        .stack
+        .dovecot
+        .append(
+            PHISH_MAILBOX,
+            FOLDER,
+            &(1..=7).map(report).collect::<Vec<_>>(),
+        )
+        .await?;
+    let rebuilt = harness
+        .wait_status("the rebuilt folder to sync", &id, FOLDER, |s| {
+            synced_to(7)(s) && s.uidvalidity != first.uidvalidity
+        })
+        .await?;
+    assert!(rebuilt.uidvalidity.is_some());
+    assert_eq!(harness.store.count(&id).await?, 7);
+    assert_eq!(rebuilt.messages_synced, 7);
+    // Later polls: still seven.
+    let at = rebuilt.last_poll.unwrap_or_default();
+    harness
+        .wait_status("later polls", &id, FOLDER, |s| {
+            s.last_poll.is_some_and(|p| p >= at + 2)
+        })
+        .await?;
+    assert_eq!(harness.store.count(&id).await?, 7);
+    harness.stop().await
+}
