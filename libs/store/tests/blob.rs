@@ -29,12 +29,7 @@ async fn a_directory_store_writes_each_blob_once_and_checks_it_on_read() -> anyh
     let raw = b"another message".to_vec();
     let sha = sha256_hex(&raw);
     store.put(&sha, &raw).await?;
-    let path = dir
-        .path()
-        .join("sha256")
-        .join(&sha[..2])
-        .join(&sha[2..4])
-        .join(&sha);
+    let path = dir.path().join("sha256").join(&sha[..2]).join(&sha);
     assert_eq!(std::fs::read(&path)?, raw);
     // Nothing is left in the temp folder.
     assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
