@@ -271,9 +271,12 @@ impl Walk<'_> {
                 }
             }
         }
-        let texts: Vec<(Origin, &str)> =
-            texts.iter().map(|(o, t)| (o.clone(), t.as_ref())).collect();
-        scan::scan_texts(&texts, &mut self.out);
+        // The origins move into the scan; only the texts stay borrowed.
+        let (origins, values): (Vec<Origin>, Vec<Cow<'_, str>>) = texts.into_iter().unzip();
+        scan::scan_texts(
+            origins.into_iter().zip(values.iter().map(AsRef::as_ref)),
+            &mut self.out,
+        );
     }
 
     /// Walks part `id` of `message`, at tree level `level` (counting every multipart and

@@ -345,22 +345,25 @@ fn record_text(text: &str, origin: &Origin, out: &mut Collector) {
 /// Scans many short texts (header values, HTML attribute values) as one: they are refanged one
 /// by one and joined by newlines (no indicator crosses a newline), so the scanners run once per
 /// [`CHUNK`] rather than once per text; each match is credited to the text it lies in.
-pub(crate) fn scan_texts(texts: &[(Origin, &str)], out: &mut Collector) {
+pub(crate) fn scan_texts<'t>(
+    texts: impl IntoIterator<Item = (Origin, &'t str)>,
+    out: &mut Collector,
+) {
     let mut batch = Batch::default();
     for (origin, text) in texts {
         if text.len() >= CHUNK {
             batch.flush(out);
-            scan_text(text, origin, out);
+            scan_text(text, &origin, out);
             continue;
         }
         if batch.text.len() + text.len() + 1 > CHUNK {
             batch.flush(out);
         }
-        record_text(text, origin, out);
+        record_text(text, &origin, out);
         let refanged = refang::refang(text);
         let base = batch.text.len();
         batch.starts.push(base);
-        batch.origins.push(origin.clone());
+        batch.origins.push(origin);
         batch.text.push_str(&refanged.text);
         batch
             .spans
@@ -428,7 +431,7 @@ impl OriginAt for Segments {
 pub(crate) fn scan_html(document: &str, origin: &Origin, out: &mut Collector) {
     let content = html::content(document);
     scan_text(&content.text, origin, out);
-    let attributes: Vec<(Origin, &str)> = content
+    let attributes = content
         .attributes
         .iter()
         .filter(|a| {
@@ -440,9 +443,8 @@ pub(crate) fn scan_html(document: &str, origin: &Origin, out: &mut Collector) {
                 attribute: a.name.to_string(),
             });
             (attr_origin, a.value.as_str())
-        })
-        .collect();
-    scan_texts(&attributes, out);
+        });
+    scan_texts(attributes, out);
     for link in &content.links {
         check_link(link, origin, out);
     }
