@@ -362,6 +362,9 @@ pub async fn sync_folder_with_action(
     Ok(report)
 }
 
+/// UIDs per action command.
+const ACTION_CHUNK: usize = 500;
+
 /// Applies the action after processing; after a refusal it stops for the rest of the
 /// sync (the messages stay as they are and the next sync reconciles them).
 struct Actor<'a> {
@@ -411,18 +414,23 @@ impl<'a> Actor<'a> {
             return Ok(());
         }
         let limit = limits.command_timeout;
-        let result = match self.action {
-            AfterProcessing::None => Ok(()),
-            AfterProcessing::MarkSeen => mark_seen(session, server, user, uids, limit).await,
-            AfterProcessing::MoveTo { folder } => {
-                move_to(session, server, user, uids, folder, self.support, limit).await
+        // Bounded command lines, however many (and however sparse) pending UIDs there are.
+        let mut result = Ok(());
+        for chunk in uids.chunks(ACTION_CHUNK) {
+            result = match self.action {
+                AfterProcessing::None => Ok(()),
+                AfterProcessing::MarkSeen => mark_seen(session, server, user, chunk, limit).await,
+                AfterProcessing::MoveTo { folder } => {
+                    move_to(session, server, user, chunk, folder, self.support, limit).await
+                }
+            };
+            if result.is_err() {
+                break;
             }
-        };
+            report.acted += chunk.len();
+        }
         match result {
-            Ok(()) => {
-                report.acted += uids.len();
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(ImapError::CommandFailed { text, .. }) => {
                 tracing::warn!(
                     action = ?self.action,

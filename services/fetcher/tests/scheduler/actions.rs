@@ -356,3 +356,66 @@ async fn a_rebuilt_folder_adds_exactly_the_one_new_record() -> anyhow::Result<()
     assert_eq!(harness.store.count(&id).await?, 7);
     harness.stop().await
 }
+
+/// Moves through the Exchange fault proxy: with Exchange's capabilities (MOVE) the fetcher
+/// sends `UID MOVE`; without MOVE it falls back to `UID COPY` + `UID STORE` + `UID
+/// EXPUNGE` (UIDPLUS). Never a plain `EXPUNGE`, which would remove messages other clients
+/// marked deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_use_uid_move_or_copy_and_uid_expunge_never_expunge() -> anyhow::Result<()> {
+    use threatmail_testkit::exchange_proxy::{Capabilities, Dialect, Script};
+
+    for with_move in [true, false] {
+        let messages: Vec<Vec<u8>> = (1..=7).map(report).collect();
+        let mut harness = start(messages.clone()).await?;
+        harness
+            .stack
+            .dovecot
+            .create_folder(PHISH_MAILBOX, TARGET)
+            .await?;
+        let mut capabilities = Capabilities::exchange();
+        if !with_move {
+            capabilities.after_auth.retain(|atom| atom != "MOVE");
+        }
+        let dialect = Dialect::exchange().capabilities(capabilities);
+        let proxy = harness
+            .stack
+            .exchange_proxy(Script::exchange().dialect(dialect))
+            .await?;
+        let id = harness
+            .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &[FOLDER])
+            .await?;
+        set_action(&harness, &id, move_to(TARGET)).await?;
+        spawn(&mut harness).await?;
+        let done = harness
+            .wait_status("the folder to sync", &id, FOLDER, synced_to(7))
+            .await?;
+        assert_eq!(done.last_error, None, "with MOVE: {with_move}");
+
+        let mut imap = harness.imap(PHISH_MAILBOX).await?;
+        assert_eq!(bodies(&mut imap, FOLDER).await?, Vec::<Vec<u8>>::new());
+        assert_eq!(bodies(&mut imap, TARGET).await?, served(&messages));
+        assert_eq!(harness.store.count(&id).await?, 7);
+        imap.logout().await?;
+
+        let names: Vec<String> = proxy
+            .control()
+            .commands_for(PHISH_MAILBOX)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let sent = |name: &str| names.iter().any(|n| n == name);
+        assert!(!sent("EXPUNGE"), "a plain EXPUNGE was sent: {names:?}");
+        assert!(sent("SELECT") && !sent("EXAMINE"), "{names:?}");
+        if with_move {
+            assert!(sent("UID MOVE") && !sent("UID COPY"), "{names:?}");
+        } else {
+            assert!(
+                !sent("UID MOVE") && sent("UID COPY") && sent("UID STORE") && sent("UID EXPUNGE"),
+                "{names:?}"
+            );
+        }
+        harness.stop().await?;
+    }
+    Ok(())
+}
