@@ -19,6 +19,7 @@
 //!    checkpoint's (same UIDVALIDITY) are committed and pending, and get their action then.
 //!    A failed action (e.g. a move target that does not exist) leaves the messages where
 //!    they are, is reported, and is retried at the next sync; new mail is still stored.
+//!    Messages skipped for their size have no record and get no action.
 
 use std::time::Duration;
 
@@ -247,7 +248,23 @@ pub async fn sync_folder_with_action(
             let pending = uid_search(session, server, user, &criteria, limits.command_timeout)
                 .await
                 .map_err(imap)?;
-            let pending: Vec<u32> = pending.into_iter().filter(|uid| *uid <= last_uid).collect();
+            // Skipped messages (over the size limit) have no record: they stay as they are.
+            let skipped: Vec<u32> = if pending.is_empty() {
+                Vec::new()
+            } else {
+                store
+                    .skipped(source_id, folder)
+                    .await
+                    .map_err(stored)?
+                    .into_iter()
+                    .filter(|(uidvalidity, ..)| *uidvalidity == state.uidvalidity)
+                    .map(|(_, uid, ..)| uid)
+                    .collect()
+            };
+            let pending: Vec<u32> = pending
+                .into_iter()
+                .filter(|uid| *uid <= last_uid && !skipped.contains(uid))
+                .collect();
             if !pending.is_empty() {
                 tracing::info!(
                     pending = pending.len(),
@@ -295,7 +312,7 @@ pub async fn sync_folder_with_action(
             .and_then(|n| batches.get(n))
             .zip(fetched.take());
         let to_fetch = batches.get(step);
-        let written_uids: Vec<u32> = to_write
+        let mut written_uids: Vec<u32> = to_write
             .as_ref()
             .map(|(batch, _)| batch.iter().map(|m| m.uid).collect())
             .unwrap_or_default();
@@ -332,6 +349,12 @@ pub async fn sync_folder_with_action(
                     threatmail_store::ItemOutcome::Skipped { .. } => report.skipped += 1,
                 }
             }
+            // Skipped messages have no record, so no action either.
+            written_uids.retain(|uid| {
+                !outcome.items.iter().any(
+                    |item| matches!(item, threatmail_store::ItemOutcome::Skipped { uid: s } if s == uid),
+                )
+            });
             if let Some(checkpoint) = outcome.checkpoint {
                 report.last_uid = checkpoint.last_uid;
             }

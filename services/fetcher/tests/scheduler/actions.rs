@@ -125,9 +125,15 @@ fn synced_to(uid: u32) -> impl Fn(&FolderStatus) -> bool {
     move |s| s.last_uid == Some(uid) && s.connection_state == ConnectionState::Idle
 }
 
+/// Every stored message gets `\Seen` and keeps its other flags; one over the size limit
+/// (UID 13, skipped, no record) is left as it is, by later polls too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mark_seen_sets_seen_on_every_synced_message_and_nothing_else() -> anyhow::Result<()> {
-    let messages: Vec<Vec<u8>> = (1..=12).map(report).collect();
+    let mut messages: Vec<Vec<u8>> = (1..=12).map(report).collect();
+    let mut large = report(13);
+    large.extend(std::iter::repeat_n(b'x', 4000));
+    large.extend_from_slice(b"\r\n");
+    messages.push(large);
     let mut harness = start(messages.clone()).await?;
     let mut imap = harness.imap(PHISH_MAILBOX).await?;
     imap.select(FOLDER).await?;
@@ -142,20 +148,35 @@ async fn mark_seen_sets_seen_on_every_synced_message_and_nothing_else() -> anyho
         .try_collect()
         .await?;
     let before = flags(&mut imap, FOLDER).await?;
-    assert_eq!(before.len(), 12);
+    assert_eq!(before.len(), 13);
 
     let id = source(&harness, &[FOLDER], AfterProcessing::MarkSeen).await?;
-    spawn(&mut harness).await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.sync.batch_messages = 5;
+    config.sync.max_message_bytes = 2000;
+    harness.spawn_fetcher(config).await?;
     let synced = harness
-        .wait_status("the folder to sync", &id, FOLDER, synced_to(12))
+        .wait_status("the folder to sync", &id, FOLDER, synced_to(13))
         .await?;
     assert_eq!(synced.last_error, None);
     assert_eq!(harness.store.count(&id).await?, 12);
+    let skipped = harness.store.skipped(&id, FOLDER).await?;
+    assert_eq!(
+        skipped.iter().map(|s| s.1).collect::<Vec<_>>(),
+        [13],
+        "{skipped:?}"
+    );
+    let first = synced.last_poll.unwrap_or_default();
+    harness
+        .wait_status("later polls", &id, FOLDER, |s| {
+            s.last_poll.is_some_and(|p| p >= first + 2)
+        })
+        .await?;
 
     let after = flags(&mut imap, FOLDER).await?;
     for (uid, flags) in &before {
         let mut expected = flags.clone();
-        if !expected.iter().any(|f| f == "Seen") {
+        if *uid != 13 && !expected.iter().any(|f| f == "Seen") {
             expected.push("Seen".to_owned());
             expected.sort();
         }
