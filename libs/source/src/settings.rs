@@ -25,6 +25,25 @@ pub struct MasterKeySettings {
 }
 
 impl MasterKeySettings {
+    /// What is wrong with the settings, as one configuration problem line (`master_key…:
+    /// what, why`), or `None` when the keyring builds.
+    pub fn problem(&self) -> Option<String> {
+        let error = self.keyring().err()?;
+        let mut line = match &error {
+            CryptoError::BadKey { position, problem } if position == "master_key" => {
+                format!("master_key: {problem}")
+            }
+            CryptoError::KeyFile { .. } => format!("master_key.key_file: {error}"),
+            other => format!("master_key: {other}"),
+        };
+        let mut cause = std::error::Error::source(&error);
+        while let Some(inner) = cause {
+            line.push_str(&format!(": {inner}"));
+            cause = inner.source();
+        }
+        Some(line)
+    }
+
     /// Builds the keyring.
     pub fn keyring(&self) -> Result<Keyring, CryptoError> {
         match (&self.key, &self.key_file) {
@@ -55,8 +74,8 @@ impl MasterKeySettings {
             }
             (None, None) => Err(CryptoError::BadKey {
                 position: "master_key".to_owned(),
-                problem: "not set: set master_key.key_file (or THREATMAIL_MASTER_KEY__KEY_FILE) \
-                          to a file holding `<key id>:<base64 of 32 random bytes>`"
+                problem: "not set: set master_key.key_file to a file holding `<key id>:<base64 \
+                          of 32 random bytes>` (the same keys for the registry and the broker)"
                     .to_owned(),
             }),
         }
@@ -89,5 +108,15 @@ mod tests {
 
         let error = MasterKeySettings::default().keyring().unwrap_err();
         assert!(error.to_string().contains("key_file"), "{error}");
+
+        let unset = MasterKeySettings::default().problem().unwrap();
+        assert!(unset.starts_with("master_key: not set"), "{unset}");
+        let missing = MasterKeySettings {
+            key_file: Some(PathBuf::from("/nonexistent/threatmail-master-key")),
+            ..Default::default()
+        };
+        let line = missing.problem().unwrap();
+        assert!(line.starts_with("master_key.key_file: "), "{line}");
+        assert!(line.contains("No such file"), "the OS's reason: {line}");
     }
 }

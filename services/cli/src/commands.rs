@@ -1,5 +1,14 @@
 //! One module per top-level command.
 
+/// `println!` that hands back the write error instead of panicking, so a closed pipe
+/// (`threatmail … | head`) ends the command quietly (see `client::is_broken_pipe`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 pub(crate) mod apikey;
 pub(crate) mod client;
 pub(crate) mod corpus;

@@ -225,10 +225,8 @@ impl Config {
         if let Err(error) = self.auth.own_credential() {
             problems.push(format!("auth: {error}"));
         }
-        if self.has_master_key()
-            && let Err(error) = self.master_key.keyring()
-        {
-            problems.push(error.to_string());
+        if self.has_master_key() {
+            problems.extend(self.master_key.problem());
         }
         if let BlobStoreConfig::S3 {
             secret_access_key_file: Some(path),

@@ -66,9 +66,7 @@ impl Config {
     /// Every problem with the settings, each a line a person can act on.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Err(error) = self.master_key.keyring() {
-            problems.push(error.to_string());
-        }
+        problems.extend(self.master_key.problem());
         if let Err(error) = self.auth.service_credentials() {
             problems.push(format!("auth: {error}"));
         }

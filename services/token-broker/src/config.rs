@@ -313,9 +313,7 @@ impl Config {
                 )),
             }
         }
-        if let Err(error) = self.master_key.keyring() {
-            problems.push(error.to_string());
-        }
+        problems.extend(self.master_key.problem());
         match self.auth.service_credentials() {
             Ok(services) if services.names().next().is_none() => problems.push(
                 "auth.services: no service may call the broker; add the fetcher's and the \

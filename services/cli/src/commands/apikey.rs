@@ -112,7 +112,7 @@ pub(crate) fn run(args: ApiKeyArgs) -> anyhow::Result<ExitCode> {
     match client::runtime()?.block_on(run_command(args)) {
         Err(error) if client::is_broken_pipe(&error) => Ok(ExitCode::SUCCESS),
         Err(error) if json => {
-            println!("{}", client::error_json(&error));
+            let _ = outln!("{}", client::error_json(&error));
             Err(error)
         }
         other => other,
@@ -216,7 +216,7 @@ async fn run_command(args: ApiKeyArgs) -> anyhow::Result<ExitCode> {
             if json {
                 print(&json!({ "ok": true, "id": id, "revoked": true }))?;
             } else {
-                println!("revoked API key {id}");
+                outln!("revoked API key {id}")?;
             }
         }
     }

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -182,13 +181,13 @@ async fn connect(args: &MailboxArgs) -> anyhow::Result<Client> {
         "View Threat Mailbox",
     )?;
     let interceptor = client::bearer(&key)?;
-    let channel = tonic::transport::Endpoint::from_shared(args.url.clone())
-        .with_context(|| format!("--url {:?} is not a URL", args.url))?
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(300))
-        .connect()
-        .await
-        .with_context(|| format!("failed to connect to the mailbox service at {}", args.url))?;
+    let channel = client::channel(
+        &args.url,
+        "mailbox service",
+        "start it (`threatmail serve --target mailbox`, or `all`) or point --url / \
+         TM_MAILBOX_URL at it",
+    )
+    .await?;
     Ok(MailboxClient::with_interceptor(channel, interceptor).max_decoding_message_size(256 << 20))
 }
 

@@ -18,9 +18,32 @@ pub(crate) struct SecretSource {
     /// Read the secret from this environment variable (its name, not the secret).
     #[arg(long, value_name = "VAR")]
     pub(crate) secret_key_env: Option<String>,
+    /// Not accepted: caught only to say where the secret goes instead.
+    #[arg(
+        long = "secret",
+        alias = "secret-key",
+        hide = true,
+        value_name = "SECRET",
+        value_parser = |text: &str| Ok::<_, std::convert::Infallible>(SecretString::from(text.to_owned()))
+    )]
+    pub(crate) on_the_command_line: Option<SecretString>,
 }
 
 impl SecretSource {
+    /// Refuses a secret given as an argument, saying where it goes instead.
+    pub(crate) fn refuse_argument(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.on_the_command_line.is_none(),
+            UsageError(
+                "a secret is never taken from the command line, where other users see it in \
+                 the process list and your shell keeps it in its history: treat this one as \
+                 exposed and make a new one; pass it with --secret-key-file FILE, \
+                 --secret-key-env VAR, or on stdin / at the prompt"
+            )
+        );
+        Ok(())
+    }
+
     /// Whether a file or a variable was named.
     pub(crate) fn is_named(&self) -> bool {
         self.secret_key_file.is_some() || self.secret_key_env.is_some()
@@ -59,3 +82,15 @@ impl SecretSource {
         Ok(SecretString::from(secret.to_owned()))
     }
 }
+
+/// A mistake in how the command was called (exit status 2).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) &'static str);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}

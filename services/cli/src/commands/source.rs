@@ -310,7 +310,7 @@ pub(crate) fn run(args: SourceArgs) -> anyhow::Result<ExitCode> {
     match client::runtime()?.block_on(run_command(args)) {
         Err(error) if client::is_broken_pipe(&error) => Ok(ExitCode::SUCCESS),
         Err(error) if json => {
-            println!("{}", client::error_json(&error));
+            let _ = outln!("{}", client::error_json(&error));
             Err(error)
         }
         other => other,
@@ -320,6 +320,14 @@ pub(crate) fn run(args: SourceArgs) -> anyhow::Result<ExitCode> {
 async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
     let json = args.registry.json;
     let registry = &args.registry;
+    // Before anything else (a registry or key problem would hide it): a secret given as an
+    // argument is refused, saying where it goes.
+    match &args.command {
+        SourceCommand::Add(add) => add.secret.refuse_argument()?,
+        SourceCommand::Update(update) => update.secret.refuse_argument()?,
+        SourceCommand::Secret(secret) => secret.secret.refuse_argument()?,
+        _ => {}
+    }
     match args.command {
         SourceCommand::Add(add) => {
             let client = registry.connect("Create Threat Mailbox").await?;
@@ -403,9 +411,9 @@ async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
                     &json!({ "ok": true, "id": found.id, "name": name, "deleted": deleted }),
                 )?;
             } else if deleted {
-                println!("deleted source {name:?} ({})", found.id);
+                outln!("deleted source {name:?} ({})", found.id)?;
             } else {
-                println!("source {name:?} ({}) was already gone", found.id);
+                outln!("source {name:?} ({}) was already gone", found.id)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -583,10 +591,11 @@ fn report_saved(saved: &pb::Source, what: &str, json: bool) -> anyhow::Result<()
             .as_ref()
             .map(|s| s.name.as_str())
             .unwrap_or_default();
-        println!(
+        outln!(
             "{what}: source {name:?} ({}), version {}",
-            saved.id, saved.version
-        );
+            saved.id,
+            saved.version
+        )?;
         Ok(())
     }
 }
@@ -615,7 +624,7 @@ async fn add_source(
             print_json(&json!({ "ok": false, "saved": false, "test": render::test_json(&reply) }))?;
         } else {
             render::print_test(&reply, &spec.email, &[])?;
-            println!("\nNothing was saved: fix the above and run `threatmail source add` again.");
+            outln!("\nNothing was saved: fix the above and run `threatmail source add` again.")?;
         }
         eprintln!("error: {}", render::test_failure_line(&reply));
         return Ok(ExitCode::FAILURE);
@@ -651,17 +660,17 @@ async fn add_source(
         }))?;
     } else {
         render::print_test(&reply, &spec.email, &saved.folders)?;
-        println!("\nSaved source {:?} ({}).", spec.name.trim(), saved.id);
+        outln!("\nSaved source {:?} ({}).", spec.name.trim(), saved.id)?;
         if saved.folders.iter().any(|f| f.fetch) {
-            println!(
+            outln!(
                 "Follow the first sync with: threatmail source status {} --watch",
                 saved.id
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "Next, choose folders to sync: threatmail source folders {} --select INBOX",
                 saved.id
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
