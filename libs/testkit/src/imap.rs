@@ -189,3 +189,36 @@ pub async fn folder_counts(session: &mut Session) -> anyhow::Result<Vec<FolderCo
     }
     Ok(counts)
 }
+
+/// Every message of `folder` (its raw name) as the server serves it: UID → `BODY.PEEK[]`
+/// bytes (read-only: EXAMINE and PEEK change no flag).
+pub async fn folder_bodies(
+    session: &mut Session,
+    folder: &str,
+) -> anyhow::Result<std::collections::BTreeMap<u32, Vec<u8>>> {
+    use futures::TryStreamExt as _;
+    let mailbox = tokio::time::timeout(COMMAND_TIMEOUT, session.examine(folder))
+        .await
+        .context("timed out in EXAMINE")?
+        .with_context(|| format!("EXAMINE {folder:?} failed"))?;
+    let mut bodies = std::collections::BTreeMap::new();
+    if mailbox.exists == 0 {
+        return Ok(bodies);
+    }
+    let fetches: Vec<async_imap::types::Fetch> = tokio::time::timeout(COMMAND_TIMEOUT, async {
+        session
+            .uid_fetch("1:*", "(UID BODY.PEEK[])")
+            .await?
+            .try_collect()
+            .await
+    })
+    .await
+    .context("timed out in UID FETCH")?
+    .with_context(|| format!("UID FETCH in {folder:?} failed"))?;
+    for fetch in fetches {
+        if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
+            bodies.insert(uid, body.to_vec());
+        }
+    }
+    Ok(bodies)
+}
