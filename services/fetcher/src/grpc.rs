@@ -114,17 +114,6 @@ impl FetcherService {
         let server = endpoint.display();
         let client = connect(endpoint, self.tls.clone(), self.connect_timeout).await?;
         let mut session = login(client, credentials, &server, self.connect_timeout).await?;
-        let capabilities =
-            match tokio::time::timeout(self.command_timeout, session.capabilities()).await {
-                Ok(Ok(capabilities)) => {
-                    let mut names: Vec<String> = capabilities.iter().map(capability_name).collect();
-                    names.sort();
-                    names
-                }
-                // Capabilities are informational here; a server that garbles them can still be
-                // listed (case BR-01 is about exactly that).
-                _ => Vec::new(),
-            };
         let listed = list(
             &mut session,
             &server,
@@ -132,6 +121,23 @@ impl FetcherService {
             self.command_timeout,
         )
         .await?;
+        // Asked last: the capabilities are informational here, and a line the parser
+        // rejects (case BR-01: two spaces between atoms) leaves its bytes in the read buffer,
+        // so nothing sent after it on this connection would be answered.
+        let capabilities = match tokio::time::timeout(self.command_timeout, session.capabilities())
+            .await
+        {
+            Ok(Ok(capabilities)) => {
+                let mut names: Vec<String> = capabilities.iter().map(capability_name).collect();
+                names.sort();
+                names
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "CAPABILITY answered with a line that does not parse; listing without it");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
         let _ = tokio::time::timeout(self.command_timeout, session.logout()).await;
         tracing::info!(folders = listed.len(), "listed folders");
         Ok(pb::ListFoldersResponse {

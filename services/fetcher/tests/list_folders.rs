@@ -292,3 +292,46 @@ async fn only_services_may_list_folders() -> anyhow::Result<()> {
     assert_eq!(reason(&allowed), "imap.unreachable", "{allowed:?}");
     Ok(())
 }
+
+/// Case BR-01: a server whose `* CAPABILITY` line has two spaces between atoms (a line the
+/// parser behind async-imap rejects, which poisons the connection). The capabilities are
+/// informational for ListFolders: the folder list still comes back.
+#[tokio::test]
+async fn br01_a_garbled_capability_line_does_not_stop_the_folder_list() -> anyhow::Result<()> {
+    use threatmail_testkit::exchange_proxy::{Dialect, Script};
+
+    let mut fixture = TenantFixture::everything_right();
+    let exchange = &mut fixture.primary_tenant_mut().expect("tenant").exchange;
+    *exchange.mailbox_mut(PHISH_MAILBOX).expect("mailbox") = Mailbox::new(PHISH_MAILBOX)
+        .with_messages("INBOX", vec![sample_message(1)])
+        .with_messages("Phish Reports", vec![sample_message(2)]);
+    let stack = LocalStack::start(fixture).await?;
+    let proxy = stack
+        .exchange_proxy(
+            Script::passthrough().dialect(Dialect::exchange().double_space_after("IMAP4rev1")),
+        )
+        .await?;
+    let token = stack.primary_token().await?.access_token;
+    let mut fetcher = start_fetcher(Some(stack.ca_cert_path())).await?;
+    let listed = fetcher
+        .client
+        .list_folders(request(
+            proxy.addr().port(),
+            PHISH_MAILBOX,
+            Auth::AccessToken(token),
+        ))
+        .await?
+        .into_inner();
+    let mut found = Vec::new();
+    names(&listed.folders, &mut found);
+    let found: Vec<&str> = found.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert!(
+        found.contains(&"INBOX") && found.contains(&"Phish Reports"),
+        "{found:?}"
+    );
+    assert!(
+        proxy.commands().iter().any(|c| c.name == "CAPABILITY"),
+        "the garbled line was really served"
+    );
+    Ok(())
+}

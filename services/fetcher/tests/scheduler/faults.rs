@@ -370,3 +370,32 @@ async fn not_connected_is_retried_then_diagnosed_when_it_persists() -> anyhow::R
     assert_eq!((recovered.retry_count, &recovered.last_error), (0, &None));
     harness.stop().await
 }
+
+/// Case BR-01 with Exchange's own capability set: a `* CAPABILITY` line with two spaces
+/// between atoms (which the parser behind async-imap rejects) does not keep a source
+/// without an action after processing from syncing: its sync sends no CAPABILITY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn br01_a_garbled_capability_line_does_not_stop_the_sync() -> anyhow::Result<()> {
+    use threatmail_testkit::exchange_proxy::Dialect;
+
+    let mut harness = Harness::start(fixture(&[("INBOX", 4)])).await?;
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::passthrough().dialect(Dialect::exchange().double_space_after("IMAP4rev1")),
+        )
+        .await?;
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &["INBOX"])
+        .await?;
+    let config = harness.fetcher_config("fetcher-a");
+    harness.spawn_fetcher(config).await?;
+    let status = harness
+        .wait_status("the sync through the garbling server", &id, "INBOX", |s| {
+            s.last_uid == Some(4)
+        })
+        .await?;
+    assert!(status.last_error.is_none(), "{status:?}");
+    assert_eq!(harness.store.count(&id).await?, 4);
+    harness.stop().await
+}
