@@ -1,5 +1,6 @@
 //! Exchange's behaviours met by the scheduler, through the fault proxy in front of the real
-//! Dovecot: the fleet-wide connection cap, a response that cannot be parsed, throttling.
+//! Dovecot: the fleet-wide connection cap, a response that cannot be parsed, throttling,
+//! sessions ended at token expiry, drops inside literals, "not connected", BR-01, stalls.
 
 use std::time::Duration;
 
@@ -397,5 +398,65 @@ async fn br01_a_garbled_capability_line_does_not_stop_the_sync() -> anyhow::Resu
         .await?;
     assert!(status.last_error.is_none(), "{status:?}");
     assert_eq!(harness.store.count(&id).await?, 4);
+    harness.stop().await
+}
+
+/// A server that stops answering in the middle of a sync (a stall far past the command
+/// timeout, on the first connection's second body fetch): the command times out, that
+/// connection is given up, the folder shows the transient error and backs off, and the
+/// sync resumes on a new connection from the last commit; every message once, the error
+/// cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_command_times_out_and_the_sync_resumes() -> anyhow::Result<()> {
+    let mut harness = Harness::start(fixture(&[("INBOX", 30)])).await?;
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::exchange().rule(
+                When::command("UID FETCH")
+                    .connection(1)
+                    .nth(3)
+                    .then(Fault::stall(Duration::from_secs(60))),
+            ),
+        )
+        .await?;
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &["INBOX"])
+        .await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.imap.command_timeout = Duration::from_secs(2);
+    harness.spawn_fetcher(config).await?;
+    let seen_errors = std::sync::Mutex::new(Vec::<String>::new());
+    let done =
+        threatmail_testkit::net::wait_for("the sync to complete", crate::harness::CONVERGE, || {
+            let status = harness.status(&id, "INBOX");
+            let seen = &seen_errors;
+            async move {
+                let status = status.await.ok()?;
+                if let Some(error) = &status.last_error {
+                    seen.lock().expect("lock").push(error.reason.clone());
+                }
+                (status.last_uid == Some(30) && status.last_error.is_none()).then_some(status)
+            }
+        })
+        .await?;
+    let seen_errors = seen_errors.into_inner().expect("lock");
+    assert!(
+        !seen_errors.is_empty(),
+        "the stall was shown while it lasted"
+    );
+    assert_eq!(done.last_error, None, "cleared once the sync completed");
+    assert_eq!(harness.store.count(&id).await?, 30);
+    let connections: std::collections::BTreeSet<u64> = proxy
+        .control()
+        .commands()
+        .iter()
+        .filter(|c| c.name == "UID FETCH")
+        .map(|c| c.connection)
+        .collect();
+    assert!(
+        connections.len() >= 2 && connections.contains(&1),
+        "the stalled connection was given up for a new one: {connections:?}"
+    );
     harness.stop().await
 }
