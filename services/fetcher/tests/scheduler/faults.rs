@@ -197,21 +197,11 @@ async fn sessions_ended_at_token_expiry_are_replaced_without_an_error() -> anyho
     config.sync.batch_messages = 2;
     config.sync.retire_before_token_expiry = Duration::from_millis(500);
     harness.spawn_fetcher(config).await?;
-    let seen_errors = std::sync::Mutex::new(Vec::<String>::new());
-    let done =
-        threatmail_testkit::net::wait_for("the sync to complete", crate::harness::CONVERGE, || {
-            let status = harness.status(&id, "Phish Reports");
-            let seen = &seen_errors;
-            async move {
-                let status = status.await.ok()?;
-                if let Some(error) = &status.last_error {
-                    seen.lock().expect("lock").push(error.reason.clone());
-                }
-                (status.last_uid == Some(40)).then_some(status)
-            }
+    let (done, seen_errors) = harness
+        .wait_status_seeing_errors("the sync to complete", &id, "Phish Reports", |s| {
+            s.last_uid == Some(40)
         })
         .await?;
-    let seen_errors = seen_errors.into_inner().expect("lock");
     assert!(seen_errors.is_empty(), "errors shown: {seen_errors:?}");
     assert_eq!((done.retry_count, &done.last_error), (0, &None));
     assert_eq!(harness.store.count(&id).await?, 40);
@@ -426,21 +416,11 @@ async fn a_stalled_command_times_out_and_the_sync_resumes() -> anyhow::Result<()
     let mut config = harness.fetcher_config("fetcher-a");
     config.imap.command_timeout = Duration::from_secs(2);
     harness.spawn_fetcher(config).await?;
-    let seen_errors = std::sync::Mutex::new(Vec::<String>::new());
-    let done =
-        threatmail_testkit::net::wait_for("the sync to complete", crate::harness::CONVERGE, || {
-            let status = harness.status(&id, "INBOX");
-            let seen = &seen_errors;
-            async move {
-                let status = status.await.ok()?;
-                if let Some(error) = &status.last_error {
-                    seen.lock().expect("lock").push(error.reason.clone());
-                }
-                (status.last_uid == Some(30) && status.last_error.is_none()).then_some(status)
-            }
+    let (done, seen_errors) = harness
+        .wait_status_seeing_errors("the sync to complete", &id, "INBOX", |s| {
+            s.last_uid == Some(30) && s.last_error.is_none()
         })
         .await?;
-    let seen_errors = seen_errors.into_inner().expect("lock");
     assert!(
         !seen_errors.is_empty(),
         "the stall was shown while it lasted"

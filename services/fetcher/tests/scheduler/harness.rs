@@ -298,6 +298,28 @@ impl Harness {
         .await
     }
 
+    /// Like [`Harness::wait_status`], and also returns the reason of every error the
+    /// status showed while waiting (one entry per look that saw one), for tests of what a
+    /// user sees during a fault.
+    pub(crate) async fn wait_status_seeing_errors(
+        &self,
+        what: &str,
+        id: &SourceId,
+        folder: &str,
+        done: impl Fn(&FolderStatus) -> bool,
+    ) -> anyhow::Result<(FolderStatus, Vec<String>)> {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let status = self
+            .wait_status(what, id, folder, |status| {
+                if let Some(error) = &status.last_error {
+                    seen.lock().expect("lock").push(error.reason.clone());
+                }
+                done(status)
+            })
+            .await?;
+        Ok((status, seen.into_inner().expect("lock")))
+    }
+
     /// A session on Dovecot as `mailbox`, for checking the mailbox from the outside.
     pub(crate) async fn imap(&self, mailbox: &str) -> anyhow::Result<Session> {
         let token = self.stack.primary_token().await?.access_token;
