@@ -3,8 +3,6 @@
 //! without it (a crash between the commit and the action), a missing move target, and a
 //! UIDVALIDITY change.
 
-use std::collections::BTreeMap;
-
 use futures::TryStreamExt as _;
 use threatmail_fetcher::imap::Session;
 use threatmail_fetcher::scheduler::ACTION_FAILED;
@@ -12,7 +10,7 @@ use threatmail_source::record::AfterProcessing;
 use threatmail_source::{ConnectionState, FolderStatus, SourceId};
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture};
 
-use crate::harness::{Harness, crlf, report};
+use crate::harness::{Harness, crlf, flags, report};
 
 const FOLDER: &str = "Phish Reports";
 const TARGET: &str = "Processed";
@@ -66,28 +64,6 @@ fn move_to(folder: &str) -> AfterProcessing {
     AfterProcessing::MoveTo {
         folder: folder.to_owned(),
     }
-}
-
-/// Every message's flags (without the session's `\Recent`), by UID.
-async fn flags(session: &mut Session, folder: &str) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
-    session.select(folder).await?;
-    let fetched: Vec<_> = session
-        .uid_fetch("1:*", "FLAGS")
-        .await?
-        .try_collect()
-        .await?;
-    Ok(fetched
-        .iter()
-        .filter_map(|f| {
-            let mut flags: Vec<String> = f
-                .flags()
-                .filter(|flag| !matches!(flag, async_imap::types::Flag::Recent))
-                .map(|flag| format!("{flag:?}"))
-                .collect();
-            flags.sort();
-            f.uid.map(|uid| (uid, flags))
-        })
-        .collect())
 }
 
 /// The bytes of every message in `folder`, sorted.

@@ -406,3 +406,30 @@ pub(crate) fn report(n: usize) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// Every message's flags in `folder` (SELECTed), by UID; without `\Recent`, which belongs
+/// to a session (RFC 3501 §2.3.2), not to the message.
+pub(crate) async fn flags(
+    session: &mut Session,
+    folder: &str,
+) -> anyhow::Result<std::collections::BTreeMap<u32, Vec<String>>> {
+    session.select(folder).await?;
+    use futures::TryStreamExt as _;
+    let fetched: Vec<_> = session
+        .uid_fetch("1:*", "FLAGS")
+        .await?
+        .try_collect()
+        .await?;
+    Ok(fetched
+        .iter()
+        .filter_map(|f| {
+            let mut flags: Vec<String> = f
+                .flags()
+                .filter(|flag| !matches!(flag, async_imap::types::Flag::Recent))
+                .map(|flag| format!("{flag:?}"))
+                .collect();
+            flags.sort();
+            f.uid.map(|uid| (uid, flags))
+        })
+        .collect())
+}

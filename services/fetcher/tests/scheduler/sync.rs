@@ -4,36 +4,14 @@
 use std::collections::BTreeMap;
 
 use futures::TryStreamExt as _;
-use threatmail_fetcher::imap::Session;
 use threatmail_source::ConnectionState;
 use threatmail_store::identity::Identity;
 use threatmail_store::{MessageId, MessageRef};
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture};
 
-use crate::harness::{Harness, crlf, phishing_corpus, report};
+use crate::harness::{Harness, crlf, flags, phishing_corpus, report};
 
 const FOLDER: &str = "Phish Reports";
-
-async fn flags(session: &mut Session) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
-    let fetched: Vec<_> = session
-        .uid_fetch("1:*", "FLAGS")
-        .await?
-        .try_collect()
-        .await?;
-    Ok(fetched
-        .iter()
-        .filter_map(|f| {
-            // \Recent belongs to a session (RFC 3501 §2.3.2), not to the message.
-            let mut flags: Vec<String> = f
-                .flags()
-                .filter(|flag| !matches!(flag, async_imap::types::Flag::Recent))
-                .map(|flag| format!("{flag:?}"))
-                .collect();
-            flags.sort();
-            f.uid.map(|uid| (uid, flags))
-        })
-        .collect())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_syncs_once_then_only_new_mail_and_flags_stay() -> anyhow::Result<()> {
@@ -61,7 +39,7 @@ async fn the_corpus_syncs_once_then_only_new_mail_and_flags_stay() -> anyhow::Re
         .await?
         .try_collect()
         .await?;
-    let before = flags(&mut imap).await?;
+    let before = flags(&mut imap, FOLDER).await?;
     assert_eq!(before.len(), corpus.len());
     assert!(
         before.values().any(|f| f.iter().all(|flag| flag != "Seen")),
@@ -151,7 +129,7 @@ async fn the_corpus_syncs_once_then_only_new_mail_and_flags_stay() -> anyhow::Re
     assert_eq!(more.messages_synced, expected.len() as u64 + 10);
     assert_eq!(harness.store.count(&id).await?, expected.len() + 10);
 
-    let after = flags(&mut imap).await?;
+    let after = flags(&mut imap, FOLDER).await?;
     for (uid, flags) in &before {
         assert_eq!(after.get(uid), Some(flags), "flags of UID {uid} changed");
     }
