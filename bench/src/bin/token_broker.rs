@@ -196,11 +196,34 @@ struct Figures {
     elapsed: Duration,
     /// CPU time of this process (server and callers) during the round.
     cpu: Duration,
+    /// CPU time of the server runtime's threads during the round.
+    server_cpu: Duration,
 }
 
 /// This process's user + system CPU time, from `/proc/self/stat` (Linux; zero elsewhere).
 fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    stat_cpu("/proc/self/stat")
+}
+
+/// CPU time of this process's threads whose name starts with `prefix` (the runtimes name
+/// their threads `broker` and `callers`), from `/proc/self/task/*/stat`.
+fn threads_cpu(prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with(prefix))
+        })
+        .map(|task| stat_cpu(task.path().join("stat")))
+        .sum()
+}
+
+/// User + system CPU time from a procfs `stat` file.
+fn stat_cpu(path: impl AsRef<std::path::Path>) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return Duration::ZERO;
     };
     // Fields after the command name (which is in parentheses and may hold spaces).
@@ -231,7 +254,16 @@ impl Figures {
 
     /// CPU time per call, both sides together.
     fn cpu_per_call(&self) -> Duration {
-        self.cpu / u32::try_from(self.latencies.len()).unwrap_or(u32::MAX)
+        self.cpu / self.calls()
+    }
+
+    /// CPU time per call of the server alone.
+    fn server_cpu_per_call(&self) -> Duration {
+        self.server_cpu / self.calls()
+    }
+
+    fn calls(&self) -> u32 {
+        u32::try_from(self.latencies.len()).unwrap_or(u32::MAX)
     }
 
     fn pooled<'a>(all: impl Iterator<Item = &'a Figures>) -> Figures {
@@ -239,11 +271,13 @@ impl Figures {
             latencies: Vec::new(),
             elapsed: Duration::ZERO,
             cpu: Duration::ZERO,
+            server_cpu: Duration::ZERO,
         };
         for figures in all {
             pooled.latencies.extend_from_slice(&figures.latencies);
             pooled.elapsed += figures.elapsed;
             pooled.cpu += figures.cpu;
+            pooled.server_cpu += figures.server_cpu;
         }
         pooled.latencies.sort_unstable();
         pooled
@@ -264,6 +298,7 @@ async fn measure(
 ) -> anyhow::Result<Figures> {
     let start = Instant::now();
     let cpu_before = process_cpu();
+    let server_cpu_before = threads_cpu("broker");
     let deadline = start + length;
     let mut tasks = Vec::new();
     for i in 0..callers {
@@ -313,6 +348,7 @@ async fn measure(
     }
     let elapsed = start.elapsed();
     let cpu = process_cpu().saturating_sub(cpu_before);
+    let server_cpu = threads_cpu("broker").saturating_sub(server_cpu_before);
     latencies.sort_unstable();
     if latencies.is_empty() {
         bail!("no call finished");
@@ -321,6 +357,7 @@ async fn measure(
         latencies,
         elapsed,
         cpu,
+        server_cpu,
     })
 }
 
@@ -430,8 +467,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("| call | calls | calls/s | p50 | p99 | CPU per call (both sides) |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| call | calls | calls/s | p50 | p99 | CPU per call (both sides) | of which the server |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     let mut pooled = Vec::new();
     for call in [Call::Empty, Call::GetToken] {
         let figures = Figures::pooled(
@@ -444,13 +483,14 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         println!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} µs |",
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} µs | {:.1} µs |",
             call.name(),
             figures.latencies.len(),
             figures.per_second(),
             ms(figures.quantile(0.50)),
             ms(figures.quantile(0.99)),
             figures.cpu_per_call().as_secs_f64() * 1e6,
+            figures.server_cpu_per_call().as_secs_f64() * 1e6,
         );
         pooled.push(figures);
     }
