@@ -38,5 +38,6 @@ pub use record::{
 };
 pub use store::{CrashPoint, Store};
 pub use write::{
-    BatchItem, Checkpoint, Fence, IncomingMessage, ItemOutcome, WriteBatch, WriteOutcome,
+    ActionsDone, BatchItem, Checkpoint, Fence, IncomingMessage, ItemOutcome, WriteBatch,
+    WriteOutcome,
 };

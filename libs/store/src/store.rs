@@ -38,6 +38,7 @@ pub(crate) struct Inner {
     pub(crate) write_script: redis::Script,
     pub(crate) emit_script: redis::Script,
     pub(crate) lease_script: redis::Script,
+    pub(crate) actions_script: redis::Script,
     /// Whether this handle loaded its scripts into Redis (`SCRIPT LOAD`), so calls go as
     /// `EVALSHA` without a first `NOSCRIPT` round trip carrying the whole batch twice.
     scripts_loaded: std::sync::atomic::AtomicBool,
@@ -67,6 +68,7 @@ impl Store {
                 write_script: redis::Script::new(crate::write::WRITE_SCRIPT),
                 emit_script: redis::Script::new(crate::outbox::EMIT_SCRIPT),
                 lease_script: redis::Script::new(crate::lease::LEASE_SCRIPT),
+                actions_script: redis::Script::new(crate::write::ACTIONS_SCRIPT),
                 scripts_loaded: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -140,6 +142,7 @@ impl Store {
             &self.inner.write_script,
             &self.inner.emit_script,
             &self.inner.lease_script,
+            &self.inner.actions_script,
         ] {
             let _: String = script
                 .prepare_invoke()

@@ -17,6 +17,7 @@ use threatmail_source::SourceId;
 use crate::error::{Result, StoreError, redis_error};
 use crate::identity::{self, Identity};
 use crate::keys;
+use crate::lease::Lease;
 use crate::outbox::EmitEntry;
 use crate::record::{MessageId, MessageRef, RECORD_SCHEMA, StoredRecord, summarise};
 use crate::store::{CrashPoint, Store, value_items, value_text};
@@ -98,6 +99,20 @@ pub struct Checkpoint {
     pub uidvalidity: u32,
     /// The last UID stored (or skipped).
     pub last_uid: u32,
+}
+
+/// How far a folder's action after processing was applied: every committed message with a
+/// UID up to `through_uid` (of `uidvalidity`) got `action`. Kept with the checkpoint, so a
+/// sync reconciles only the messages committed after it (a crash between a commit and its
+/// action) and leaves alone what a person changed since (a message marked unread again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionsDone {
+    /// The UIDVALIDITY it is for.
+    pub uidvalidity: u32,
+    /// Which action, as the fetcher names it (`seen`, `move:<folder>`).
+    pub action: String,
+    /// The last UID it covers.
+    pub through_uid: u32,
 }
 
 /// What happened to one item.
@@ -517,6 +532,58 @@ impl Store {
         })
     }
 
+    /// How far `folder`'s action after processing was applied, if it was recorded.
+    pub async fn actions_done(
+        &self,
+        source: &SourceId,
+        folder: &str,
+    ) -> Result<Option<ActionsDone>> {
+        let mut conn = self.conn.clone();
+        let (uidvalidity, action, through_uid): (Option<u32>, Option<String>, Option<u32>) =
+            redis::cmd("HMGET")
+                .arg(keys::checkpoint_key(source, folder))
+                .arg("acted_uidvalidity")
+                .arg("acted_action")
+                .arg("acted_uid")
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error(
+                    "read how far actions were applied",
+                    source.as_str(),
+                ))?;
+        Ok(match (uidvalidity, action, through_uid) {
+            (Some(uidvalidity), Some(action), Some(through_uid)) => Some(ActionsDone {
+                uidvalidity,
+                action,
+                through_uid,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Records that `done.action` was applied through `done.through_uid`, while `lease` is
+    /// held: `false` (nothing written) when it is not. The record only moves forward for
+    /// the same action and UIDVALIDITY; another action or UIDVALIDITY replaces it.
+    pub async fn record_actions_done(&self, lease: &Lease, done: &ActionsDone) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let written: i64 = self
+            .inner
+            .actions_script
+            .key(keys::lease_key(&lease.source_id, &lease.folder))
+            .key(keys::checkpoint_key(&lease.source_id, &lease.folder))
+            .arg(lease.token)
+            .arg(done.uidvalidity)
+            .arg(&done.action)
+            .arg(done.through_uid)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error(
+                "record how far actions were applied",
+                lease.source_id.as_str(),
+            ))?;
+        Ok(written == 1)
+    }
+
     /// The messages of `folder` recorded as skipped: (uidvalidity, uid, size, reason).
     pub async fn skipped(
         &self,
@@ -546,6 +613,22 @@ impl Store {
         Ok(skipped)
     }
 }
+
+/// `KEYS`: 1 lease, 2 checkpoint. `ARGV`: 1 fencing token, 2 uidvalidity, 3 action, 4 uid.
+/// Returns 1 when the lease is held (the record moved forward, or already was as far), 0
+/// when it is not (nothing written).
+pub(crate) const ACTIONS_SCRIPT: &str = r"
+local held = redis.call('GET', KEYS[1])
+if not held or string.match(held, '^(%d+):') ~= ARGV[1] then
+  return 0
+end
+local current = redis.call('HMGET', KEYS[2], 'acted_uidvalidity', 'acted_action', 'acted_uid')
+if current[1] == ARGV[2] and current[2] == ARGV[3] and tonumber(current[3]) >= tonumber(ARGV[4]) then
+  return 1
+end
+redis.call('HSET', KEYS[2], 'acted_uidvalidity', ARGV[2], 'acted_action', ARGV[3], 'acted_uid', ARGV[4])
+return 1
+";
 
 /// `KEYS`: 1 lease, 2 checkpoint, 3 outbox, 4 index, 5 folder index, 6 skipped. `ARGV`:
 /// 1 key prefix `tm:{<source>}:`, 2 folder, 3 uidvalidity, 4 checkpoint UID or '',

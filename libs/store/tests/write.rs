@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{TestStore, batch, mail, phishing, source};
 use threatmail_store::{
-    BatchItem, Checkpoint, CrashPoint, Fence, Identity, IncomingMessage, ItemOutcome, MessageRef,
-    StateChange, StoreError, WriteBatch,
+    ActionsDone, BatchItem, Checkpoint, CrashPoint, Fence, Identity, IncomingMessage, ItemOutcome,
+    MessageRef, StateChange, StoreError, WriteBatch,
 };
 
 /// Every event in the stream, by record.
@@ -555,6 +555,87 @@ async fn checkpoints_only_advance_within_a_uidvalidity_and_skips_are_recorded() 
         vec![(10, 3, 80_000_000, "over the 50 MB limit".to_owned())]
     );
     assert_eq!(t.store.count(&src).await?, 0);
+    Ok(())
+}
+
+/// How far the action after processing went: written only under the held lease, only
+/// forward for one action and UIDVALIDITY, replaced for another, and beside the checkpoint
+/// without disturbing it.
+#[tokio::test]
+async fn actions_done_moves_forward_under_the_lease_only() -> anyhow::Result<()> {
+    let t = TestStore::start().await?;
+    let src = source("acted");
+    let done = |uidvalidity: u32, action: &str, through_uid: u32| ActionsDone {
+        uidvalidity,
+        action: action.to_owned(),
+        through_uid,
+    };
+    assert_eq!(t.store.actions_done(&src, "INBOX").await?, None);
+    let lease = t
+        .store
+        .acquire_lease(&src, "INBOX", "fetcher-a", Duration::from_secs(30))
+        .await?
+        .expect("free lease");
+    let mut write = batch(&src, "INBOX", 7, vec![]);
+    write.fence = Fence::Token(lease.token);
+    write.checkpoint_uid = Some(20);
+    t.store.write(&write).await?;
+
+    assert!(
+        t.store
+            .record_actions_done(&lease, &done(7, "seen", 10))
+            .await?
+    );
+    assert!(
+        t.store
+            .record_actions_done(&lease, &done(7, "seen", 4))
+            .await?
+    );
+    assert_eq!(
+        t.store.actions_done(&src, "INBOX").await?,
+        Some(done(7, "seen", 10)),
+        "never backwards"
+    );
+    assert!(
+        t.store
+            .record_actions_done(&lease, &done(7, "move:Done", 3))
+            .await?
+    );
+    assert_eq!(
+        t.store.actions_done(&src, "INBOX").await?,
+        Some(done(7, "move:Done", 3)),
+        "another action starts its own record"
+    );
+    assert!(
+        t.store
+            .record_actions_done(&lease, &done(8, "move:Done", 1))
+            .await?
+    );
+    assert_eq!(
+        t.store.actions_done(&src, "INBOX").await?,
+        Some(done(8, "move:Done", 1)),
+        "so does another UIDVALIDITY"
+    );
+    assert_eq!(
+        t.store.checkpoint(&src, "INBOX").await?,
+        Some(Checkpoint {
+            uidvalidity: 7,
+            last_uid: 20
+        }),
+        "the checkpoint is untouched"
+    );
+
+    assert!(t.store.release_lease(&lease).await?);
+    assert!(
+        !t.store
+            .record_actions_done(&lease, &done(8, "move:Done", 30))
+            .await?,
+        "a lease no longer held writes nothing"
+    );
+    assert_eq!(
+        t.store.actions_done(&src, "INBOX").await?,
+        Some(done(8, "move:Done", 1))
+    );
     Ok(())
 }
 

@@ -14,19 +14,23 @@
 //!    duplicates nothing, and a fetcher that lost its lease commits nothing.
 //! 5. The action after processing (mark seen, or move) is applied to a batch's UIDs only
 //!    after the batch has committed. A crash between the commit and the action leaves
-//!    committed messages without their action, so every sync first reconciles: messages
-//!    still in the folder (for move) or still unseen (for seen) with a UID up to the
-//!    checkpoint's (same UIDVALIDITY) are committed and pending, and get their action then.
-//!    A failed action (e.g. a move target that does not exist) leaves the messages where
-//!    they are, is reported, and is retried at the next sync; new mail is still stored.
-//!    Messages skipped for their size have no record and get no action.
+//!    committed messages without their action, so the store keeps, beside the checkpoint,
+//!    the last UID the action was applied through, and every sync first reconciles the
+//!    committed messages after it: those still in the folder (for move) or still unseen
+//!    (for seen) get their action then. Messages before it are left alone, so a message a
+//!    person marked unread again stays unread. An action configured since (or another
+//!    UIDVALIDITY) starts from UID 1. A failed action (e.g. a move target that does not
+//!    exist) leaves the messages where they are, is reported, and is retried at the next
+//!    sync; new mail is still stored. Messages skipped for their size have no record and
+//!    get no action.
 
 use std::time::Duration;
 
 use threatmail_source::SourceId;
 use threatmail_source::record::AfterProcessing;
 use threatmail_store::{
-    BatchItem, Fence, IncomingMessage, Lease, Store, StoreError, WriteBatch, WriteOutcome,
+    ActionsDone, BatchItem, Fence, IncomingMessage, Lease, Store, StoreError, WriteBatch,
+    WriteOutcome,
 };
 
 use crate::imap::actions::{MoveSupport, mark_seen, move_support, move_to, uid_search};
@@ -239,11 +243,20 @@ pub async fn sync_folder_with_action(
             .await
             .map_err(imap)?;
         // Committed earlier but left without their action (a crash after the commit, a
-        // refused move, or an action configured since).
-        if last_uid > 0 {
+        // refused move, or an action configured since): the UIDs after the last one the
+        // action was applied through.
+        let from = store
+            .actions_done(source_id, folder)
+            .await
+            .map_err(stored)?
+            .filter(|done| {
+                done.uidvalidity == state.uidvalidity && Some(&done.action) == actor.key.as_ref()
+            })
+            .map_or(1, |done| done.through_uid.saturating_add(1));
+        if last_uid > 0 && from <= last_uid {
             let criteria = match action {
-                AfterProcessing::MarkSeen => format!("UNSEEN UID 1:{last_uid}"),
-                _ => format!("UID 1:{last_uid}"),
+                AfterProcessing::MarkSeen => format!("UNSEEN UID {from}:{last_uid}"),
+                _ => format!("UID {from}:{last_uid}"),
             };
             let pending = uid_search(session, server, user, &criteria, limits.command_timeout)
                 .await
@@ -263,7 +276,7 @@ pub async fn sync_folder_with_action(
             };
             let pending: Vec<u32> = pending
                 .into_iter()
-                .filter(|uid| *uid <= last_uid && !skipped.contains(uid))
+                .filter(|uid| (from..=last_uid).contains(uid) && !skipped.contains(uid))
                 .collect();
             if !pending.is_empty() {
                 tracing::info!(
@@ -275,6 +288,10 @@ pub async fn sync_folder_with_action(
                 .apply(session, server, user, &pending, limits, &mut report)
                 .await
                 .map_err(imap)?;
+            actor
+                .record(store, lease, state.uidvalidity, last_uid)
+                .await
+                .map_err(stored)?;
         }
     }
     // UIDNEXT says there is nothing new: no FETCH at all.
@@ -312,6 +329,7 @@ pub async fn sync_folder_with_action(
             .and_then(|n| batches.get(n))
             .zip(fetched.take());
         let to_fetch = batches.get(step);
+        let writes = to_write.is_some();
         let mut written_uids: Vec<u32> = to_write
             .as_ref()
             .map(|(batch, _)| batch.iter().map(|m| m.uid).collect())
@@ -368,11 +386,15 @@ pub async fn sync_folder_with_action(
         parsed = items.transpose().map_err(stored)?;
         fetched = bodies.transpose().map_err(imap)?;
         // The batch has committed: now its action (never before).
-        if actor.is_active() && !written_uids.is_empty() {
+        if actor.is_active() && writes {
             actor
                 .apply(session, server, user, &written_uids, limits, &mut report)
                 .await
                 .map_err(imap)?;
+            actor
+                .record(store, lease, state.uidvalidity, report.last_uid)
+                .await
+                .map_err(stored)?;
         }
     }
     tracing::info!(
@@ -392,17 +414,49 @@ const ACTION_CHUNK: usize = 500;
 /// sync (the messages stay as they are and the next sync reconciles them).
 struct Actor<'a> {
     action: &'a AfterProcessing,
+    /// The action's name in the store's record of how far it went.
+    key: Option<String>,
     support: MoveSupport,
     refused: bool,
 }
 
 impl<'a> Actor<'a> {
     fn new(action: &'a AfterProcessing) -> Self {
+        let key = match action {
+            AfterProcessing::None => None,
+            AfterProcessing::MarkSeen => Some("seen".to_owned()),
+            AfterProcessing::MoveTo { folder } => Some(format!("move:{folder}")),
+        };
         Self {
             action,
+            key,
             support: MoveSupport::default(),
             refused: false,
         }
+    }
+
+    /// Records that the action was applied to every committed message through `uid`,
+    /// unless it was refused in this sync (then the next sync tries those again). A lease
+    /// lost meanwhile writes nothing; the next write finds that out.
+    async fn record(
+        &self,
+        store: &Store,
+        lease: &Lease,
+        uidvalidity: u32,
+        uid: u32,
+    ) -> Result<(), StoreError> {
+        let Some(action) = self.key.clone().filter(|_| self.is_active()) else {
+            return Ok(());
+        };
+        let done = ActionsDone {
+            uidvalidity,
+            action,
+            through_uid: uid,
+        };
+        if !store.record_actions_done(lease, &done).await? {
+            tracing::debug!(uid, "lease lost before recording how far the action went");
+        }
+        Ok(())
     }
 
     fn is_active(&self) -> bool {

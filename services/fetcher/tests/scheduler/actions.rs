@@ -1,7 +1,7 @@
 //! Actions after processing through the scheduler on real Dovecot: mark seen, move (into a
 //! folder that is selected too), the action applied at the next sync to messages committed
-//! without it (a crash between the commit and the action), a missing move target, and a
-//! UIDVALIDITY change.
+//! without it (a crash between the commit and the action), messages a person marked unread
+//! again left unread, a missing move target, and a UIDVALIDITY change.
 
 use futures::TryStreamExt as _;
 use threatmail_fetcher::imap::Session;
@@ -159,6 +159,93 @@ async fn mark_seen_sets_seen_on_every_synced_message_and_nothing_else() -> anyho
         assert_eq!(after.get(uid), Some(&expected), "flags of UID {uid}");
     }
     assert_eq!(after.len(), before.len(), "nothing moved or removed");
+    imap.logout().await?;
+    harness.stop().await
+}
+
+/// Whether `uid` has `\Seen` in `flags`.
+fn seen(flags: &std::collections::BTreeMap<u32, Vec<String>>, uid: u32) -> bool {
+    flags
+        .get(&uid)
+        .is_some_and(|f| f.iter().any(|flag| flag == "Seen"))
+}
+
+/// Mark seen applies once: a message a person marks unread again stays unread at later
+/// polls and when new mail comes. Only the messages after the last UID the action is
+/// recorded through get it again (as after a crash between a commit and its action).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_marked_unread_again_stay_unread() -> anyhow::Result<()> {
+    let messages: Vec<Vec<u8>> = (1..=8).map(report).collect();
+    let mut harness = start(messages).await?;
+    let id = source(&harness, &[FOLDER], AfterProcessing::MarkSeen).await?;
+    spawn(&mut harness).await?;
+    harness
+        .wait_status("the folder to sync", &id, FOLDER, synced_to(8))
+        .await?;
+    let mut imap = harness.imap(PHISH_MAILBOX).await?;
+    let synced = flags(&mut imap, FOLDER).await?;
+    assert!((1..=8).all(|uid| seen(&synced, uid)), "{synced:?}");
+
+    // A person marks 2 and 7 unread; and the record of how far the action went is put
+    // back to UID 5, as if the fetcher had crashed after committing 6-8 but before
+    // recording their action.
+    let _: Vec<_> = imap
+        .uid_store("2,7", "-FLAGS (\\Seen)")
+        .await?
+        .try_collect()
+        .await?;
+    let mut redis = harness.stack.redis.connection_manager().await?;
+    let _: () = redis::cmd("HSET")
+        .arg(threatmail_store::keys::checkpoint_key(&id, FOLDER))
+        .arg("acted_uid")
+        .arg(5)
+        .query_async(&mut redis)
+        .await?;
+    let changed = unix_now();
+    harness
+        .wait_status("polls after the change", &id, FOLDER, |s| {
+            s.last_poll.is_some_and(|p| p >= changed + 2)
+        })
+        .await?;
+    let after = flags(&mut imap, FOLDER).await?;
+    assert!(
+        !seen(&after, 2),
+        "UID 2 was acted on before the record: left unread"
+    );
+    assert!(seen(&after, 7), "UID 7 is after the record: reconciled");
+
+    let new: Vec<Vec<u8>> = (9..=10).map(report).collect();
+    harness
+        .stack
+        .dovecot
+        .append(PHISH_MAILBOX, FOLDER, &new)
+        .await?;
+    let status = harness
+        .wait_status("the new mail", &id, FOLDER, synced_to(10))
+        .await?;
+    assert_eq!(status.last_error, None);
+    let first = status.last_poll.unwrap_or_default();
+    harness
+        .wait_status("later polls", &id, FOLDER, |s| {
+            s.last_poll.is_some_and(|p| p >= first + 2)
+        })
+        .await?;
+    let last = flags(&mut imap, FOLDER).await?;
+    let unseen: Vec<u32> = (1..=10).filter(|uid| !seen(&last, *uid)).collect();
+    assert_eq!(
+        unseen,
+        [2],
+        "only the message marked unread again is unread: {last:?}"
+    );
+    assert_eq!(
+        harness
+            .store
+            .actions_done(&id, FOLDER)
+            .await?
+            .map(|d| d.through_uid),
+        Some(10)
+    );
+    assert_eq!(harness.store.count(&id).await?, 10);
     imap.logout().await?;
     harness.stop().await
 }
