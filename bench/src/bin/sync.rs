@@ -22,6 +22,10 @@
 //!   `libsasl2-modules-kdexoauth2`) when that works, otherwise with the mailbox password that
 //!   the test Dovecot is given for it (`--mbsync-auth login` forces that).
 //!
+//! Each run writes into a directory of its own under `target/bench/`, and all of them are
+//! removed after the last run, not between runs: creating thousands of files on ext4 just
+//! after thousands were deleted costs kernel time that belongs to the deletion.
+//!
 //! Secrets stay out of argv and output: mbsync reads its password or token from a 0600 file
 //! through `PassCmd`.
 //!
@@ -232,6 +236,11 @@ struct Bench {
     expected_bytes: u64,
     scratch: PathBuf,
     memory_blobs: bool,
+    /// The directories runs wrote, removed only after the last run: ext4 avoids reusing
+    /// inodes freed in the last minutes and checks each candidate on disk
+    /// (`recently_deleted` in `fs/ext4/ialloc.c`), so a run creating thousands of files
+    /// right after another run deleted thousands pays for that deletion in kernel time.
+    written: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl Bench {
@@ -338,12 +347,36 @@ impl Bench {
         Ok(run)
     }
 
+    /// A new directory for one run, removed by [`Bench::remove_written`].
+    fn run_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let mut written = self
+            .written
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a run panicked"))?;
+        let dir = self
+            .scratch
+            .join(format!("{name}-{}-{}", std::process::id(), written.len()));
+        remove_if_there(&dir)?;
+        written.push(dir.clone());
+        Ok(dir)
+    }
+
+    /// Removes every run's directory (after the last run).
+    fn remove_written(&self) -> anyhow::Result<()> {
+        let written = std::mem::take(
+            &mut *self
+                .written
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a run panicked"))?,
+        );
+        written.iter().try_for_each(|dir| remove_if_there(dir))
+    }
+
     /// Ours: `sync_folder` into a fresh store (Redis flushed, a new blob directory).
     async fn ours(&self) -> anyhow::Result<Run> {
         let mut admin = self.redis_connection().await?;
         let _: () = redis::cmd("FLUSHALL").query_async(&mut admin).await?;
-        let blobs = self.scratch.join("sync-blobs");
-        remove_if_there(&blobs)?;
+        let blobs = self.run_dir("sync-blobs")?;
         let store = Store::new(
             self.redis_connection().await?,
             if self.memory_blobs {
@@ -400,14 +433,12 @@ impl Bench {
             redis_cpu: after.redis.saturating_sub(before.redis),
         };
         self.check("ours", &run)?;
-        remove_if_there(&blobs)?;
         Ok(run)
     }
 
     /// mbsync into a fresh Maildir.
     async fn mbsync(&self, auth: MbsyncAuth, secret: &str) -> anyhow::Result<Run> {
-        let dir = self.scratch.join("sync-mbsync");
-        remove_if_there(&dir)?;
+        let dir = self.run_dir("sync-mbsync")?;
         std::fs::create_dir_all(dir.join("maildir"))?;
         let secret_file = dir.join("secret");
         write_private(&secret_file, secret.as_bytes())?;
@@ -478,7 +509,6 @@ impl Bench {
             server_cpu: after.dovecot.saturating_sub(before.dovecot),
             redis_cpu: Duration::ZERO,
         };
-        remove_if_there(&dir)?;
         self.check("mbsync", &run)?;
         Ok(run)
     }
@@ -617,6 +647,7 @@ async fn main() -> anyhow::Result<()> {
         expected_bytes,
         scratch: threatmail_bench::scratch_dir()?,
         memory_blobs: args.memory_blobs,
+        written: std::sync::Mutex::new(Vec::new()),
     };
 
     // mbsync's login: XOAUTH2 through the SASL plugin when it works, else a password (the
@@ -688,6 +719,7 @@ async fn main() -> anyhow::Result<()> {
         );
         runs.push((contender, run));
     }
+    bench.remove_written()?;
 
     let of = |who: Contender| -> Vec<Run> {
         runs.iter()
