@@ -15,11 +15,13 @@ pub mod fetch;
 pub mod folders;
 pub mod login;
 pub mod select_folder;
+pub mod tolerant;
 
 use std::time::Duration;
 
-/// The stream every session runs on: TLS, or plain TCP where a source says so.
-pub type ImapStream = connect::MaybeTls;
+/// The stream every session runs on: TLS, or plain TCP where a source says so, with
+/// capability lists mended before they are parsed ([`tolerant`], case BR-01).
+pub type ImapStream = tolerant::Tolerant<connect::MaybeTls>;
 
 /// A logged-in session.
 pub type Session = async_imap::Session<ImapStream>;

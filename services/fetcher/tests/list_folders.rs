@@ -294,8 +294,8 @@ async fn only_services_may_list_folders() -> anyhow::Result<()> {
 }
 
 /// Case BR-01: a server whose `* CAPABILITY` line has two spaces between atoms (a line the
-/// parser behind async-imap rejects, which poisons the connection). The capabilities are
-/// informational for ListFolders: the folder list still comes back.
+/// parser behind async-imap rejects, which would poison the connection). The line is
+/// mended before it is parsed: the folder list comes back with the whole capability set.
 #[tokio::test]
 async fn br01_a_garbled_capability_line_does_not_stop_the_folder_list() -> anyhow::Result<()> {
     use threatmail_testkit::exchange_proxy::{Dialect, Script};
@@ -333,5 +333,12 @@ async fn br01_a_garbled_capability_line_does_not_stop_the_folder_list() -> anyho
         proxy.commands().iter().any(|c| c.name == "CAPABILITY"),
         "the garbled line was really served"
     );
+    for atom in ["IMAP4rev1", "MOVE", "UIDPLUS", "IDLE"] {
+        assert!(
+            listed.capabilities.iter().any(|c| c == atom),
+            "{atom} in {:?}",
+            listed.capabilities
+        );
+    }
     Ok(())
 }

@@ -118,7 +118,7 @@ pub async fn connect(
     endpoint: &Endpoint,
     tls: Arc<rustls::ClientConfig>,
     limit: Duration,
-) -> Result<async_imap::Client<MaybeTls>, ImapError> {
+) -> Result<async_imap::Client<super::ImapStream>, ImapError> {
     let server = endpoint.display();
     match tokio::time::timeout(limit, connect_and_greet(endpoint, tls)).await {
         Ok(result) => result,
@@ -133,7 +133,7 @@ pub async fn connect(
 async fn connect_and_greet(
     endpoint: &Endpoint,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<async_imap::Client<MaybeTls>, ImapError> {
+) -> Result<async_imap::Client<super::ImapStream>, ImapError> {
     let server = endpoint.display();
     let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
@@ -159,7 +159,7 @@ async fn connect_and_greet(
     } else {
         MaybeTls::Plain(tcp)
     };
-    let mut client = async_imap::Client::new(stream);
+    let mut client = async_imap::Client::new(super::tolerant::Tolerant::new(stream));
     let greeting = client
         .read_response()
         .await

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret as _, SecretString};
 
-use super::connect::MaybeTls;
+use super::ImapStream;
 use super::{ImapError, Session, is_not_connected, server_text};
 
 /// How a session logs in.
@@ -70,7 +70,7 @@ impl async_imap::Authenticator for XOAuth2<'_> {
 
 /// Logs `client` in, within `limit`.
 pub async fn login(
-    client: async_imap::Client<MaybeTls>,
+    client: async_imap::Client<ImapStream>,
     credentials: &Credentials,
     server: &str,
     limit: Duration,

@@ -57,9 +57,9 @@ async fn the_connection_cap_holds_across_fetchers() -> anyhow::Result<()> {
     harness.stop().await
 }
 
-/// A line the parser rejects ends that connection (its read buffer holds the bad bytes);
-/// the sync resumes from the last committed UID on a new one, and the same bytes are not
-/// read again and again.
+/// A line the parser rejects (one the BR-01 mending leaves alone) ends that connection (its
+/// read buffer holds the bad bytes); the sync resumes from the last committed UID on a new
+/// one, and the same bytes are not read again and again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unparseable_response_ends_the_connection_and_the_sync_resumes() -> anyhow::Result<()> {
     let mut harness = Harness::start(fixture(&[("Phish Reports", 12)])).await?;
@@ -71,7 +71,7 @@ async fn an_unparseable_response_ends_the_connection_and_the_sync_resumes() -> a
             Script::passthrough().rule(
                 When::command("UID FETCH")
                     .nth(3)
-                    .then(Fault::inject_line("* CAPABILITY IMAP4rev1  SASL-IR"))
+                    .then(Fault::inject_line("* 1 FETCH (UID 5))"))
                     .times(2),
             ),
         )
@@ -388,6 +388,59 @@ async fn br01_a_garbled_capability_line_does_not_stop_the_sync() -> anyhow::Resu
         .await?;
     assert!(status.last_error.is_none(), "{status:?}");
     assert_eq!(harness.store.count(&id).await?, 4);
+    harness.stop().await
+}
+
+/// Case BR-01 with a move after processing, which asks for the server's capabilities (MOVE,
+/// UIDPLUS) before moving: the garbled line is mended, so every message is stored once and
+/// moved with `UID MOVE`, with no error shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn br01_a_garbled_capability_line_does_not_stop_the_move() -> anyhow::Result<()> {
+    use threatmail_source::record::AfterProcessing;
+    use threatmail_testkit::exchange_proxy::Dialect;
+
+    let mut harness = Harness::start(fixture(&[("INBOX", 4)])).await?;
+    harness
+        .stack
+        .dovecot
+        .create_folder(PHISH_MAILBOX, "Processed")
+        .await?;
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::passthrough().dialect(Dialect::exchange().double_space_after("IMAP4rev1")),
+        )
+        .await?;
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &["INBOX"])
+        .await?;
+    let mut record = harness.sources.get(&id).await?.expect("source");
+    let version = record.version;
+    record.after_processing = AfterProcessing::MoveTo {
+        folder: "Processed".to_owned(),
+    };
+    harness.sources.update(&record, version).await?;
+    let config = harness.fetcher_config("fetcher-a");
+    harness.spawn_fetcher(config).await?;
+    let status = harness
+        .wait_status(
+            "the sync and move through the garbling server",
+            &id,
+            "INBOX",
+            |s| s.last_uid == Some(4),
+        )
+        .await?;
+    assert!(status.last_error.is_none(), "{status:?}");
+    assert_eq!(harness.store.count(&id).await?, 4);
+    let names: Vec<String> = proxy.commands().into_iter().map(|c| c.name).collect();
+    assert!(
+        names.iter().any(|n| n == "CAPABILITY") && names.iter().any(|n| n == "UID MOVE"),
+        "{names:?}"
+    );
+    let mut imap = harness.imap(PHISH_MAILBOX).await?;
+    assert_eq!(imap.select("INBOX").await?.exists, 0, "every message moved");
+    assert_eq!(imap.select("Processed").await?.exists, 4);
+    imap.logout().await?;
     harness.stop().await
 }
 
