@@ -300,6 +300,10 @@ struct SecretArgs {
     /// When this secret expires: 2027-06-30 or RFC 3339.
     #[arg(long, value_name = "DATE", required_unless_present = "clear_next")]
     expires: Option<String>,
+    /// Save without first asking Entra ID for a token with it (for a password source, the
+    /// server for a login).
+    #[arg(long, conflicts_with = "clear_next")]
+    no_test: bool,
     #[command(flatten)]
     secret: SecretSource,
 }
@@ -461,6 +465,29 @@ async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
                     "New secret key (not shown): "
                 })?;
                 let expires = secret.expires.clone().unwrap_or_default();
+                if !secret.no_test {
+                    // Tried as the current secret, so a next one is judged on its own even
+                    // when the current one no longer works (the reason to roll over).
+                    let mut trial = spec.clone();
+                    trial.secret_key = value.expose_secret().to_owned();
+                    trial.secret_expires = expires.clone();
+                    trial.next_secret_key.clear();
+                    trial.next_secret_expires.clear();
+                    let reply = test(&mut client, trial, &found.id).await?;
+                    if let Some(stage) = refused_secret_stage(&reply, spec.auth_type()) {
+                        if json {
+                            print_json(&json!({
+                                "ok": false,
+                                "saved": false,
+                                "source": render::source_json(&found),
+                                "test": render::test_json(&reply),
+                            }))?;
+                        } else {
+                            render::print_secret_refused(&reply, stage)?;
+                        }
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
                 if secret.next {
                     spec.next_secret_key = value.expose_secret().to_owned();
                     spec.next_secret_expires = expires;
@@ -471,17 +498,46 @@ async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
                     "secret replaced"
                 }
             };
+            let password = spec.auth_type() == pb::AuthType::Password;
             let saved = update_source(&mut client, &found, spec, secret.clear_next).await?;
             report_saved(&saved, what, json)?;
             if !json && !secret.clear_next {
-                eprintln!(
-                    "check it with `threatmail source test {}` (Save and Continue also tries the next secret)",
-                    saved.id
-                );
+                if secret.no_test {
+                    eprintln!(
+                        "not tested; check it with `threatmail source test {}` (Save and Continue also tries the next secret)",
+                        saved.id
+                    );
+                } else {
+                    eprintln!(
+                        "tested first: {}",
+                        if password {
+                            "the server accepted the login"
+                        } else {
+                            "Entra ID gave a token for it"
+                        }
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The stage that refused the secret under test, if it did: the token stage for an OAuth
+/// source, the login for a password source (where the password is what the login tries).
+fn refused_secret_stage(
+    reply: &pb::TestSourceResponse,
+    auth: pb::AuthType,
+) -> Option<&'static str> {
+    let stage = match auth {
+        pb::AuthType::Password => "login",
+        _ => "token",
+    };
+    reply
+        .stages
+        .iter()
+        .any(|s| s.name == stage && s.outcome == "failed")
+        .then_some(stage)
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {

@@ -233,6 +233,21 @@ impl Harness {
         })
     }
 
+    /// Adds a second client secret to the fixture's app (as an administrator does before a
+    /// rollover) and returns its value.
+    pub(crate) fn add_secret(&self) -> anyhow::Result<String> {
+        let secret = threatmail_testkit::tenant::ClientSecret::new(std::time::Duration::from_secs(
+            365 * 24 * 3600,
+        ));
+        let value = secret.value.expose().to_owned();
+        self.change_tenant(|f| {
+            if let Some(app) = f.primary_app_mut() {
+                app.secrets.push(secret);
+            }
+        })?;
+        Ok(value)
+    }
+
     /// The form's fields for the fixture, as flags (everything but the secret), with the
     /// phishing mailbox on Dovecot's TLS port.
     pub(crate) fn form(&self, name: &str) -> Vec<String> {

@@ -301,7 +301,8 @@ async fn add_prints_the_tree_then_folders_list_show_update_rm() -> anyhow::Resul
     assert_eq!(updated["source"]["email"], "soc-phish@corp.example");
     assert_eq!(updated["source"]["secret_set"], true);
 
-    // secret --next: staged from a named variable, with its expiry.
+    // secret --next: tested, then staged from a named variable, with its expiry.
+    let next_value = h.add_secret()?;
     let next = h
         .run_with(
             &[
@@ -321,12 +322,12 @@ async fn add_prints_the_tree_then_folders_list_show_update_rm() -> anyhow::Resul
                     "TM_API_KEY_FILE",
                     h.admin_key_file.to_str().unwrap_or_default(),
                 ),
-                ("NEXT_SECRET", "next-value~for-the-rollover"),
+                ("NEXT_SECRET", next_value.as_str()),
             ],
         )
         .await?
         .expect(0);
-    assert!(!next.all().contains("next-value~for-the-rollover"));
+    assert!(!next.all().contains(&next_value));
     let next = next.json();
     assert_eq!(next["source"]["next_secret_set"], true);
     assert_eq!(
@@ -400,6 +401,90 @@ async fn add_prints_the_tree_then_folders_list_show_update_rm() -> anyhow::Resul
         "names the sources there are: {}",
         gone.stderr
     );
+    h.stop().await
+}
+
+/// `source secret` asks Entra ID for a token with the new value before saving it: a wrong
+/// value (current or next) is refused with Entra's cause and nothing changes, so syncing
+/// goes on with the secret that works; `--no-test` saves without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_entra_refuses_is_not_saved() -> anyhow::Result<()> {
+    let h = Harness::start(true).await?;
+    let secret = h.secret();
+    let form = h.form("Phishing reports");
+    let mut args: Vec<&str> = vec!["source", "add"];
+    args.extend(form.iter().map(String::as_str));
+    args.push("--json");
+    let added = h.run(&args, Some(&secret)).await?.expect(0).json();
+    let id = added["source"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let version = added["source"]["version"].clone();
+
+    let wrong = "Wr0ng~next-secret-value-entra-refuses";
+    for next in [true, false] {
+        let mut args = vec!["source", "secret", &id, "--expires", "2099-01-31"];
+        if next {
+            args.push("--next");
+        }
+        let refused = h.run(&args, Some(wrong)).await?.expect(1);
+        assert!(
+            refused.stderr.contains("the secret was not saved")
+                && refused.stderr.contains("entra.secret_wrong"),
+            "next: {next}: {}",
+            refused.stderr
+        );
+        assert!(!refused.all().contains(wrong), "the value is never printed");
+    }
+    let shown = h
+        .run(&["source", "show", &id, "--json"], None)
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(shown["source"]["version"], version, "nothing was saved");
+    assert_eq!(shown["source"]["next_secret_set"], false);
+    h.run(&["source", "test", &id], None).await?.expect(0);
+
+    // In JSON: the test's answer, and saved: false.
+    let refused = h
+        .run(
+            &[
+                "source",
+                "secret",
+                &id,
+                "--next",
+                "--expires",
+                "2099-01-31",
+                "--json",
+            ],
+            Some(wrong),
+        )
+        .await?
+        .expect(1)
+        .json();
+    assert_eq!(refused["saved"], false);
+    assert_eq!(refused["test"]["stages"][1]["outcome"], "failed");
+
+    // --no-test stages it anyway (the rollover would then report it).
+    let staged = h
+        .run(
+            &[
+                "source",
+                "secret",
+                &id,
+                "--next",
+                "--no-test",
+                "--expires",
+                "2099-01-31",
+                "--json",
+            ],
+            Some(wrong),
+        )
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(staged["source"]["next_secret_set"], true);
     h.stop().await
 }
 

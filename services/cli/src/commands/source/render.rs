@@ -391,6 +391,26 @@ pub(super) fn print_test(
     Ok(())
 }
 
+/// Why a new secret was not saved: what the `stage` that tried it answered.
+pub(super) fn print_secret_refused(
+    reply: &pb::TestSourceResponse,
+    stage: &str,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stderr().lock();
+    writeln!(
+        out,
+        "error: the secret was not saved: it was refused at the {stage} stage"
+    )?;
+    for problem in &reply.problems {
+        writeln!(out, "  problem: {}", problem_line(problem))?;
+    }
+    writeln!(
+        out,
+        "nothing changed; fix the value (or pass --no-test to save it without this check)"
+    )?;
+    Ok(())
+}
+
 /// One line for stderr: why Save and Continue failed.
 pub(super) fn test_failure_line(reply: &pb::TestSourceResponse) -> String {
     let failed = reply
