@@ -5,6 +5,10 @@
 //! The cap is a sorted set per mailbox address: members are connection ids, scores their
 //! expiry in milliseconds; expired members are dropped before counting, so a fetcher that
 //! died frees its slots when they expire.
+//!
+//! Exchange's throttling is per mailbox too: a throttled reply asks every client of the
+//! mailbox to wait. The wait is kept in a key per mailbox that expires when it is over, so
+//! every fetcher holds off, not only the one that was told.
 
 use std::time::Duration;
 
@@ -33,6 +37,21 @@ pub fn connections_key(mailbox: &str) -> String {
         mailbox.to_ascii_lowercase()
     )
 }
+
+/// `tm:{mailbox:<address>}:throttled`, present while Exchange asks the mailbox's clients
+/// to wait.
+pub fn throttle_key(mailbox: &str) -> String {
+    format!("tm:{{mailbox:{}}}:throttled", mailbox.to_ascii_lowercase())
+}
+
+/// Sets the wait unless a longer one is already there.
+const HOLD: &str = r"
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+end
+return 1
+";
 
 const TAKE_SLOT: &str = r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -106,6 +125,36 @@ impl ConnectionSlots {
             .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(|source| SlotError::Redis { what: key, source })
+    }
+}
+
+impl ConnectionSlots {
+    /// Holds `mailbox` for `wait` across the fleet (Exchange's suggested back-off), noting
+    /// `by` (a fetcher's instance name); a longer hold already there stays.
+    pub async fn hold_mailbox(&self, mailbox: &str, wait: Duration, by: &str) -> Result<()> {
+        let key = throttle_key(mailbox);
+        Script::new(HOLD)
+            .key(&key)
+            .arg(millis(wait))
+            .arg(by)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(|source| SlotError::Redis { what: key, source })
+    }
+
+    /// How much longer `mailbox` is held, if it is.
+    pub async fn mailbox_held(&self, mailbox: &str) -> Result<Option<Duration>> {
+        let key = throttle_key(mailbox);
+        let left: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|source| SlotError::Redis { what: key, source })?;
+        Ok(u64::try_from(left)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis))
     }
 }
 

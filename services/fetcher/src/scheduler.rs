@@ -15,7 +15,8 @@
 //! poll (read from its status, so every fetcher agrees) and it is not backing off. Each
 //! failure backs the folder off on this fetcher: `sync.retry_min` doubled per failure up to
 //! `sync.retry_max`, with jitter so fetchers and folders do not retry in step. Exchange's
-//! throttling holds the whole source for at least the time Exchange asked for.
+//! throttling holds the whole mailbox (every source on it, on every fetcher: the hold is
+//! shared through Redis) for at least the time Exchange asked for.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -69,8 +70,9 @@ struct Inner {
     limits: SyncLimits,
     /// Per (source, folder): failures in a row on this fetcher and when to try again.
     backoff: Mutex<HashMap<(SourceId, String), Backoff>>,
-    /// Sources Exchange is throttling, and until when.
-    throttled: Mutex<HashMap<SourceId, Instant>>,
+    /// Mailboxes (lower case) Exchange is throttling, and until when, as this fetcher knows;
+    /// the fleet's holds are in Redis ([`crate::connections`]).
+    throttled: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -223,12 +225,15 @@ impl Scheduler {
             }
         }
         for (id, wanted) in &wanted_now {
-            if rounds.contains_key(id) || self.inner.throttled_until(id).is_some() {
+            if rounds.contains_key(id) {
                 continue;
             }
             let Some(record) = records.get(id) else {
                 continue;
             };
+            if self.inner.throttled_until(&record.username).is_some() {
+                continue;
+            }
             let due = self.inner.due_folders(record, wanted).await;
             if due.is_empty() {
                 continue;
@@ -301,18 +306,58 @@ impl Scheduler {
 }
 
 impl Inner {
-    fn throttled_until(&self, id: &SourceId) -> Option<Instant> {
+    /// Until when this fetcher knows `mailbox` to be throttled.
+    fn throttled_until(&self, mailbox: &str) -> Option<Instant> {
+        let key = mailbox.to_ascii_lowercase();
         let mut throttled = self
             .throttled
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match throttled.get(id) {
+        match throttled.get(&key) {
             Some(until) if *until > Instant::now() => Some(*until),
             Some(_) => {
-                throttled.remove(id);
+                throttled.remove(&key);
                 None
             }
             None => None,
+        }
+    }
+
+    /// Holds `mailbox` for `wait`, here and (through Redis) for every other fetcher.
+    async fn hold(&self, mailbox: &str, wait: Duration) {
+        self.throttled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(mailbox.to_ascii_lowercase(), Instant::now() + wait);
+        if let Err(error) = self
+            .session
+            .slots
+            .hold_mailbox(mailbox, wait, &self.session.instance)
+            .await
+        {
+            tracing::warn!(error = %error, "failed to share the throttling with the fleet; this fetcher still waits");
+        }
+    }
+
+    /// Whether `mailbox` is throttled, as this fetcher or any other was told.
+    async fn held(&self, mailbox: &str) -> bool {
+        if self.throttled_until(mailbox).is_some() {
+            return true;
+        }
+        match self.session.slots.mailbox_held(mailbox).await {
+            Ok(Some(left)) => {
+                tracing::info!(wait = ?left, "the mailbox is throttled (another fetcher was told); waiting");
+                self.throttled
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(mailbox.to_ascii_lowercase(), Instant::now() + left);
+                true
+            }
+            Ok(None) => false,
+            Err(error) => {
+                tracing::debug!(error = %error, "could not read the fleet's throttling");
+                false
+            }
         }
     }
 
@@ -397,7 +442,7 @@ impl Inner {
             if !wanted.borrow().contains(&folder) {
                 continue;
             }
-            if self.throttled_until(&record.id).is_some() {
+            if self.held(&record.username).await {
                 break;
             }
             let lease = match self
@@ -710,11 +755,7 @@ impl Inner {
         let retry_count = status.retry_count.saturating_add(1);
         let judged = judge(record, &failure, retry_count);
         if let Some(backoff) = judged.throttle {
-            let until = Instant::now() + backoff;
-            self.throttled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(record.id.clone(), until);
+            self.hold(&record.username, backoff).await;
         }
         let delay = self.fail(&record.id, folder, judged.throttle);
         tracing::warn!(

@@ -166,6 +166,75 @@ async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Res
     harness.stop().await
 }
 
+/// Throttling is per mailbox and for the whole fleet: after one fetcher is throttled, no
+/// fetcher sends that mailbox anything before the back-off has passed, not even for
+/// another source on the same mailbox added meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_holds_the_mailbox_for_every_fetcher_and_source() -> anyhow::Result<()> {
+    let backoff = Duration::from_secs(3);
+    let mut harness = Harness::start(fixture(&[("Phish Reports", 3), ("INBOX", 2)])).await?;
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::passthrough().rule(
+                When::command("EXAMINE")
+                    .then(Fault::throttle(backoff))
+                    .once(),
+            ),
+        )
+        .await?;
+    let first = harness
+        .add_source(
+            "Phishing reports",
+            PHISH_MAILBOX,
+            proxy.addr(),
+            &["Phish Reports"],
+        )
+        .await?;
+    for instance in ["fetcher-a", "fetcher-b"] {
+        let config = harness.fetcher_config(instance);
+        harness.spawn_fetcher(config).await?;
+    }
+    let control = proxy.control();
+    let replied = threatmail_testkit::net::wait_for(
+        "the throttle to be answered",
+        Duration::from_secs(30),
+        || {
+            let control = control.clone();
+            async move {
+                control
+                    .commands_for(PHISH_MAILBOX)
+                    .iter()
+                    .find(|c| c.fault == Some(FaultKind::Throttled))
+                    .and_then(|c| c.replied_at)
+            }
+        },
+    )
+    .await?;
+    // Another source on the same mailbox, while the throttle holds: both fetchers see it.
+    let second = harness
+        .add_source("Advisories", PHISH_MAILBOX, proxy.addr(), &["INBOX"])
+        .await?;
+    for (id, folder, count) in [(&first, "Phish Reports", 3), (&second, "INBOX", 2)] {
+        harness
+            .wait_status("the syncs after the back-off", id, folder, |s| {
+                s.last_uid == Some(count)
+            })
+            .await?;
+        assert_eq!(harness.store.count(id).await?, count as usize);
+    }
+    let next = control
+        .first_command_after(PHISH_MAILBOX, replied)
+        .expect("the fetchers came back");
+    assert!(
+        next.at.duration_since(replied) >= backoff,
+        "the next command ({}) came {:?} after the throttle",
+        next.name,
+        next.at.duration_since(replied)
+    );
+    harness.stop().await
+}
+
 /// Tokens of a few seconds and Exchange ending each session at its token's expiry
 /// (`* BYE Session invalidated - AccessTokenExpired`): the sync goes on over new sessions
 /// with fresh tokens and completes, every message once, no error shown.
