@@ -163,6 +163,27 @@ async fn mark_seen_sets_seen_on_every_synced_message_and_nothing_else() -> anyho
     harness.stop().await
 }
 
+/// Appends reports `uids` to the folder and waits until the sync has stored them without
+/// an error; the reports appended and the status.
+async fn deliver(
+    harness: &Harness,
+    id: &SourceId,
+    uids: std::ops::RangeInclusive<usize>,
+) -> anyhow::Result<(Vec<Vec<u8>>, FolderStatus)> {
+    let last = u32::try_from(*uids.end())?;
+    let new: Vec<Vec<u8>> = uids.map(report).collect();
+    harness
+        .stack
+        .dovecot
+        .append(PHISH_MAILBOX, FOLDER, &new)
+        .await?;
+    let status = harness
+        .wait_status("the new mail", id, FOLDER, synced_to(last))
+        .await?;
+    assert_eq!(status.last_error, None);
+    Ok((new, status))
+}
+
 /// Whether `uid` has `\Seen` in `flags`.
 fn seen(flags: &std::collections::BTreeMap<u32, Vec<String>>, uid: u32) -> bool {
     flags
@@ -214,16 +235,7 @@ async fn messages_marked_unread_again_stay_unread() -> anyhow::Result<()> {
     );
     assert!(seen(&after, 7), "UID 7 is after the record: reconciled");
 
-    let new: Vec<Vec<u8>> = (9..=10).map(report).collect();
-    harness
-        .stack
-        .dovecot
-        .append(PHISH_MAILBOX, FOLDER, &new)
-        .await?;
-    let status = harness
-        .wait_status("the new mail", &id, FOLDER, synced_to(10))
-        .await?;
-    assert_eq!(status.last_error, None);
+    let (_, status) = deliver(&harness, &id, 9..=10).await?;
     let first = status.last_poll.unwrap_or_default();
     harness
         .wait_status("later polls", &id, FOLDER, |s| {
@@ -322,16 +334,7 @@ async fn messages_committed_without_their_action_get_it_at_the_next_sync() -> an
     assert_eq!(bodies(&mut imap, TARGET).await?, served(&messages));
     assert_eq!(harness.store.count(&id).await?, 8);
 
-    let new: Vec<Vec<u8>> = (9..=11).map(report).collect();
-    harness
-        .stack
-        .dovecot
-        .append(PHISH_MAILBOX, FOLDER, &new)
-        .await?;
-    let status = harness
-        .wait_status("the new mail", &id, FOLDER, synced_to(11))
-        .await?;
-    assert_eq!(status.last_error, None);
+    let (new, _) = deliver(&harness, &id, 9..=11).await?;
     let all: Vec<Vec<u8>> = messages.iter().chain(&new).cloned().collect();
     assert_eq!(bodies(&mut imap, FOLDER).await?, Vec::<Vec<u8>>::new());
     assert_eq!(bodies(&mut imap, TARGET).await?, served(&all));

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use threatmail_source::ConnectionState;
-use threatmail_testkit::exchange_proxy::{Fault, FaultKind, Script, When};
+use threatmail_source::SourceId;
+use threatmail_testkit::exchange_proxy::{
+    ExchangeControl, ExchangeProxy, Fault, FaultKind, Script, When,
+};
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture};
 
 use crate::harness::{Harness, report};
@@ -115,12 +118,12 @@ async fn an_unparseable_response_ends_the_connection_and_the_sync_resumes() -> a
     harness.stop().await
 }
 
-/// Throttled: nothing reaches Exchange for that mailbox before the suggested back-off has
-/// passed; then the sync completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Result<()> {
-    let backoff = Duration::from_millis(1500);
-    let mut harness = Harness::start(fixture(&[("Phish Reports", 3)])).await?;
+/// A proxy whose first `EXAMINE` gets Exchange's throttled reply asking for `backoff`, and
+/// a source on it syncing "Phish Reports".
+async fn throttled_once(
+    harness: &Harness,
+    backoff: Duration,
+) -> anyhow::Result<(ExchangeProxy, SourceId)> {
     let proxy = harness
         .stack
         .exchange_proxy(
@@ -139,6 +142,38 @@ async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Res
             &["Phish Reports"],
         )
         .await?;
+    Ok((proxy, id))
+}
+
+/// When the throttle was answered, if it has been.
+fn throttle_replied(control: &ExchangeControl) -> Option<std::time::Instant> {
+    control
+        .commands_for(PHISH_MAILBOX)
+        .iter()
+        .find(|c| c.fault == Some(FaultKind::Throttled))
+        .and_then(|c| c.replied_at)
+}
+
+/// Nothing reached the mailbox within `backoff` of the throttle's reply.
+fn assert_waited(control: &ExchangeControl, replied: std::time::Instant, backoff: Duration) {
+    let next = control
+        .first_command_after(PHISH_MAILBOX, replied)
+        .expect("the fetchers came back");
+    assert!(
+        next.at.duration_since(replied) >= backoff,
+        "the next command ({}) came {:?} after the throttle",
+        next.name,
+        next.at.duration_since(replied)
+    );
+}
+
+/// Throttled: nothing reaches Exchange for that mailbox before the suggested back-off has
+/// passed; then the sync completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Result<()> {
+    let backoff = Duration::from_millis(1500);
+    let mut harness = Harness::start(fixture(&[("Phish Reports", 3)])).await?;
+    let (proxy, id) = throttled_once(&harness, backoff).await?;
     let config = harness.fetcher_config("fetcher-a");
     harness.spawn_fetcher(config).await?;
     harness
@@ -146,22 +181,9 @@ async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Res
             s.last_uid == Some(3)
         })
         .await?;
-    let commands = proxy.control().commands_for(PHISH_MAILBOX);
-    let throttled = commands
-        .iter()
-        .find(|c| c.fault == Some(FaultKind::Throttled))
-        .expect("the throttle fired");
-    let replied = throttled.replied_at.expect("the throttle was answered");
-    let next = proxy
-        .control()
-        .first_command_after(PHISH_MAILBOX, replied)
-        .expect("the fetcher came back");
-    assert!(
-        next.at.duration_since(replied) >= backoff,
-        "the next command ({}) came {:?} after the throttle",
-        next.name,
-        next.at.duration_since(replied)
-    );
+    let control = proxy.control();
+    let replied = throttle_replied(control).expect("the throttle was answered");
+    assert_waited(control, replied, backoff);
     assert_eq!(harness.store.count(&id).await?, 3);
     harness.stop().await
 }
@@ -173,24 +195,7 @@ async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Res
 async fn throttling_holds_the_mailbox_for_every_fetcher_and_source() -> anyhow::Result<()> {
     let backoff = Duration::from_secs(3);
     let mut harness = Harness::start(fixture(&[("Phish Reports", 3), ("INBOX", 2)])).await?;
-    let proxy = harness
-        .stack
-        .exchange_proxy(
-            Script::passthrough().rule(
-                When::command("EXAMINE")
-                    .then(Fault::throttle(backoff))
-                    .once(),
-            ),
-        )
-        .await?;
-    let first = harness
-        .add_source(
-            "Phishing reports",
-            PHISH_MAILBOX,
-            proxy.addr(),
-            &["Phish Reports"],
-        )
-        .await?;
+    let (proxy, first) = throttled_once(&harness, backoff).await?;
     for instance in ["fetcher-a", "fetcher-b"] {
         let config = harness.fetcher_config(instance);
         harness.spawn_fetcher(config).await?;
@@ -201,13 +206,7 @@ async fn throttling_holds_the_mailbox_for_every_fetcher_and_source() -> anyhow::
         Duration::from_secs(30),
         || {
             let control = control.clone();
-            async move {
-                control
-                    .commands_for(PHISH_MAILBOX)
-                    .iter()
-                    .find(|c| c.fault == Some(FaultKind::Throttled))
-                    .and_then(|c| c.replied_at)
-            }
+            async move { throttle_replied(&control) }
         },
     )
     .await?;
@@ -223,15 +222,7 @@ async fn throttling_holds_the_mailbox_for_every_fetcher_and_source() -> anyhow::
             .await?;
         assert_eq!(harness.store.count(id).await?, count as usize);
     }
-    let next = control
-        .first_command_after(PHISH_MAILBOX, replied)
-        .expect("the fetchers came back");
-    assert!(
-        next.at.duration_since(replied) >= backoff,
-        "the next command ({}) came {:?} after the throttle",
-        next.name,
-        next.at.duration_since(replied)
-    );
+    assert_waited(control, replied, backoff);
     harness.stop().await
 }
 
