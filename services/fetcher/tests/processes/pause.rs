@@ -24,8 +24,17 @@ async fn a_fetcher_paused_past_its_lease_commits_nothing_after_the_takeover() ->
     })
     .await?;
     paused.signal("STOP")?;
-    // Frozen now: the checkpoint and the lease it holds cannot move on its behalf.
-    let at_stop = fleet.last_uid(&id, FOLDER).await?;
+    // Frozen now: nothing new can leave it, but a write it sent just before may still be
+    // running in Redis, so the checkpoint is read once it has stopped moving.
+    let mut at_stop = fleet.last_uid(&id, FOLDER).await?;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = fleet.last_uid(&id, FOLDER).await?;
+        if now == at_stop {
+            break;
+        }
+        at_stop = now;
+    }
     let (old_token, owner) = fleet.lease(&id, FOLDER).await?.expect("the lease is held");
     assert_eq!(owner, "fetcher-paused");
     assert!(
