@@ -162,6 +162,10 @@ impl Caller {
                 roles.grants(role)
             }
             (Requirement::ServiceOrRole(_), Caller::Service { .. }) => true,
+            (Requirement::EitherRole(..), Caller::Service { .. }) => false,
+            (Requirement::EitherRole(a, b), Caller::ApiKey { roles, .. }) => {
+                roles.grants(a) || roles.grants(b)
+            }
         }
     }
 }
@@ -186,6 +190,8 @@ pub enum Requirement {
     Role(Role),
     /// A service, or an API key with this role.
     ServiceOrRole(Role),
+    /// An API key with either role (the handler may ask for one of them in particular).
+    EitherRole(Role, Role),
 }
 
 impl fmt::Display for Requirement {
@@ -196,6 +202,9 @@ impl fmt::Display for Requirement {
             Requirement::Role(role) => write!(f, "the {} permission", role.title()),
             Requirement::ServiceOrRole(role) => {
                 write!(f, "a service credential or the {} permission", role.title())
+            }
+            Requirement::EitherRole(a, b) => {
+                write!(f, "the {} or the {} permission", a.title(), b.title())
             }
         }
     }
@@ -229,6 +238,18 @@ mod tests {
             (Requirement::Role(Role::Update), false, false, true),
             (Requirement::ServiceOrRole(Role::View), true, true, true),
             (Requirement::ServiceOrRole(Role::Create), true, false, true),
+            (
+                Requirement::EitherRole(Role::Create, Role::View),
+                false,
+                true,
+                true,
+            ),
+            (
+                Requirement::EitherRole(Role::Create, Role::Update),
+                false,
+                false,
+                true,
+            ),
         ];
         for (requirement, s, v, a) in table {
             assert_eq!(service.meets(requirement), s, "{requirement:?} service");

@@ -19,7 +19,12 @@ pub const RULES: [(&str, Requirement); 12] = [
     ("GetSource", Requirement::ServiceOrRole(Role::View)),
     ("ListSources", Requirement::ServiceOrRole(Role::View)),
     ("DeleteSource", Requirement::Role(Role::Update)),
-    ("TestSource", Requirement::Role(Role::Create)),
+    // Save and Continue: of a new source needs Create, of changes to a stored one Update
+    // (checked in `Registry::test`, which knows which it is).
+    (
+        "TestSource",
+        Requirement::EitherRole(Role::Create, Role::Update),
+    ),
     ("ListFolders", Requirement::ServiceOrRole(Role::View)),
     ("SetFolders", Requirement::Role(Role::Update)),
     ("GetStatus", Requirement::ServiceOrRole(Role::View)),

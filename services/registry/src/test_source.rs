@@ -55,8 +55,9 @@ enum TokenOutcome {
 }
 
 impl Registry {
-    /// Tests a draft source. `caller` is who asked (a stored source's secrets are only
-    /// reused for a caller who may update it).
+    /// Tests a draft source. `caller` is who asked: a new source (no `source_id`) is tested
+    /// for a caller who may create one, a stored one (whose secrets are reused where the
+    /// draft leaves them out) for a caller who may update it.
     #[tracing::instrument(skip_all, fields(source_id = %request.source_id))]
     pub async fn test(
         &self,
@@ -64,6 +65,13 @@ impl Registry {
         caller: Option<&Caller>,
     ) -> Result<pb::TestSourceResponse> {
         let stored_record = if request.source_id.trim().is_empty() {
+            if !caller.is_some_and(|c| c.meets(Requirement::Role(Role::Create))) {
+                return Err(RegistryError::Denied(
+                    "testing a new source needs the Create Threat Mailbox permission (testing \
+                     changes to a stored one, with its id, needs Update)"
+                        .to_owned(),
+                ));
+            }
             None
         } else {
             if !caller.is_some_and(|c| c.meets(Requirement::Role(Role::Update))) {

@@ -485,6 +485,31 @@ async fn a_secret_entra_refuses_is_not_saved() -> anyhow::Result<()> {
         .expect(0)
         .json();
     assert_eq!(staged["source"]["next_secret_set"], true);
+
+    // A key that may update sources but not create them tests and saves a right one.
+    let updater = h
+        .api_key(&[threatmail_auth::Role::View, threatmail_auth::Role::Update])
+        .await?;
+    let updater_file = h.write_file("updater-key", &updater)?;
+    let next_value = h.add_secret()?;
+    let staged = h
+        .run_with(
+            &[
+                "source",
+                "secret",
+                &id,
+                "--next",
+                "--expires",
+                "2099-01-31",
+                "--json",
+            ],
+            Some(&next_value),
+            &[("TM_API_KEY_FILE", updater_file.to_str().unwrap_or_default())],
+        )
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(staged["source"]["next_secret_set"], true);
     h.stop().await
 }
 

@@ -80,12 +80,13 @@ macro_rules! call {
 /// The roles of a key that lacks `requirement` but holds every other non-admin role.
 fn lacking(requirement: Requirement) -> Vec<Role> {
     let missing = match requirement {
-        Requirement::Role(role) | Requirement::ServiceOrRole(role) => role,
-        Requirement::Public | Requirement::Service => Role::Admin,
+        Requirement::Role(role) | Requirement::ServiceOrRole(role) => vec![role],
+        Requirement::EitherRole(a, b) => vec![a, b],
+        Requirement::Public | Requirement::Service => vec![Role::Admin],
     };
     [Role::View, Role::Create, Role::Update]
         .into_iter()
-        .filter(|role| *role != missing)
+        .filter(|role| !missing.contains(role))
         .collect()
 }
 
@@ -153,7 +154,9 @@ async fn every_rpc_refuses_callers_without_its_permission() -> anyhow::Result<()
             got == (Code::PermissionDenied, "auth.permission_denied".to_owned()),
         );
         let role = match requirement {
-            Requirement::Role(role) | Requirement::ServiceOrRole(role) => role,
+            Requirement::Role(role)
+            | Requirement::ServiceOrRole(role)
+            | Requirement::EitherRole(role, _) => role,
             Requirement::Public | Requirement::Service => Role::Admin,
         };
         let mut holder = harness.client(&harness.api_key(&[role]).await?).await?;
@@ -174,7 +177,7 @@ async fn every_rpc_refuses_callers_without_its_permission() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn testing_with_a_stored_sources_secret_needs_update_too() -> anyhow::Result<()> {
+async fn testing_a_new_source_needs_create_and_a_stored_one_update() -> anyhow::Result<()> {
     let harness = Harness::start(TenantFixture::everything_right()).await?;
     let mut admin = harness.client(&harness.admin).await?;
     let created = admin
@@ -201,8 +204,31 @@ async fn testing_with_a_stored_sources_secret_needs_update_too() -> anyhow::Resu
     let mut editor = harness
         .client(&harness.api_key(&[Role::Create, Role::Update]).await?)
         .await?;
-    let reply = editor.test_source(without_secret).await?.into_inner();
+    let reply = editor
+        .test_source(without_secret.clone())
+        .await?
+        .into_inner();
     assert!(reply.ok, "{:?}", reply.problems);
+    // Update alone: changes to a stored source may be tested (a new secret before it is
+    // saved, say), a new source may not.
+    let mut updater = harness
+        .client(&harness.api_key(&[Role::Update]).await?)
+        .await?;
+    let reply = updater.test_source(without_secret).await?.into_inner();
+    assert!(reply.ok, "{:?}", reply.problems);
+    let refused = updater
+        .test_source(pb::TestSourceRequest {
+            spec: Some(harness.spec()),
+            source_id: String::new(),
+        })
+        .await
+        .expect_err("a new source needs create");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("Create Threat Mailbox"),
+        "{}",
+        refused.message()
+    );
     harness.stop().await
 }
 
