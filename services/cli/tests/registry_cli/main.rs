@@ -423,6 +423,15 @@ async fn a_secret_entra_refuses_is_not_saved() -> anyhow::Result<()> {
     let version = added["source"]["version"].clone();
 
     let wrong = "Wr0ng~next-secret-value-entra-refuses";
+    let stage_next = [
+        "source",
+        "secret",
+        &id,
+        "--next",
+        "--expires",
+        "2099-01-31",
+        "--json",
+    ];
     for next in [true, false] {
         let mut args = vec!["source", "secret", &id, "--expires", "2099-01-31"];
         if next {
@@ -447,40 +456,13 @@ async fn a_secret_entra_refuses_is_not_saved() -> anyhow::Result<()> {
     h.run(&["source", "test", &id], None).await?.expect(0);
 
     // In JSON: the test's answer, and saved: false.
-    let refused = h
-        .run(
-            &[
-                "source",
-                "secret",
-                &id,
-                "--next",
-                "--expires",
-                "2099-01-31",
-                "--json",
-            ],
-            Some(wrong),
-        )
-        .await?
-        .expect(1)
-        .json();
+    let refused = h.run(&stage_next, Some(wrong)).await?.expect(1).json();
     assert_eq!(refused["saved"], false);
     assert_eq!(refused["test"]["stages"][1]["outcome"], "failed");
 
     // --no-test stages it anyway (the rollover would then report it).
     let staged = h
-        .run(
-            &[
-                "source",
-                "secret",
-                &id,
-                "--next",
-                "--no-test",
-                "--expires",
-                "2099-01-31",
-                "--json",
-            ],
-            Some(wrong),
-        )
+        .run(&[&stage_next[..], &["--no-test"]].concat(), Some(wrong))
         .await?
         .expect(0)
         .json();
@@ -494,15 +476,7 @@ async fn a_secret_entra_refuses_is_not_saved() -> anyhow::Result<()> {
     let next_value = h.add_secret()?;
     let staged = h
         .run_with(
-            &[
-                "source",
-                "secret",
-                &id,
-                "--next",
-                "--expires",
-                "2099-01-31",
-                "--json",
-            ],
+            &stage_next,
             Some(&next_value),
             &[("TM_API_KEY_FILE", updater_file.to_str().unwrap_or_default())],
         )

@@ -10,7 +10,7 @@ use threatmail_source::record::AfterProcessing;
 use threatmail_source::{ConnectionState, FolderStatus, SourceId};
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture};
 
-use crate::harness::{Harness, crlf, flags, report};
+use crate::harness::{Harness, crlf, flags, report, set_flags};
 
 const FOLDER: &str = "Phish Reports";
 const TARGET: &str = "Processed";
@@ -24,6 +24,17 @@ async fn start(messages: Vec<Vec<u8>>) -> anyhow::Result<Harness> {
         .mailbox_mut(PHISH_MAILBOX)
         .expect("mailbox") = Mailbox::new(PHISH_MAILBOX).with_messages(FOLDER, messages);
     Harness::start(fixture).await
+}
+
+/// [`start`], with the move target made too.
+async fn start_with_target(messages: Vec<Vec<u8>>) -> anyhow::Result<Harness> {
+    let harness = start(messages).await?;
+    harness
+        .stack
+        .dovecot
+        .create_folder(PHISH_MAILBOX, TARGET)
+        .await?;
+    Ok(harness)
 }
 
 /// A source on Dovecot with `folders` selected and `action` after processing.
@@ -113,16 +124,8 @@ async fn mark_seen_sets_seen_on_every_synced_message_and_nothing_else() -> anyho
     let mut harness = start(messages.clone()).await?;
     let mut imap = harness.imap(PHISH_MAILBOX).await?;
     imap.select(FOLDER).await?;
-    let _: Vec<_> = imap
-        .uid_store("1,4,7", "+FLAGS (\\Flagged)")
-        .await?
-        .try_collect()
-        .await?;
-    let _: Vec<_> = imap
-        .uid_store("2", "+FLAGS (\\Seen)")
-        .await?
-        .try_collect()
-        .await?;
+    set_flags(&mut imap, "1,4,7", "+FLAGS (\\Flagged)").await?;
+    set_flags(&mut imap, "2", "+FLAGS (\\Seen)").await?;
     let before = flags(&mut imap, FOLDER).await?;
     assert_eq!(before.len(), 13);
 
@@ -144,9 +147,7 @@ async fn mark_seen_sets_seen_on_every_synced_message_and_nothing_else() -> anyho
     );
     let first = synced.last_poll.unwrap_or_default();
     harness
-        .wait_status("later polls", &id, FOLDER, |s| {
-            s.last_poll.is_some_and(|p| p >= first + 2)
-        })
+        .polled_after("later polls", &id, FOLDER, first)
         .await?;
 
     let after = flags(&mut imap, FOLDER).await?;
@@ -210,11 +211,7 @@ async fn messages_marked_unread_again_stay_unread() -> anyhow::Result<()> {
     // A person marks 2 and 7 unread; and the record of how far the action went is put
     // back to UID 5, as if the fetcher had crashed after committing 6-8 but before
     // recording their action.
-    let _: Vec<_> = imap
-        .uid_store("2,7", "-FLAGS (\\Seen)")
-        .await?
-        .try_collect()
-        .await?;
+    set_flags(&mut imap, "2,7", "-FLAGS (\\Seen)").await?;
     let mut redis = harness.stack.redis.connection_manager().await?;
     let _: () = redis::cmd("HSET")
         .arg(threatmail_store::keys::checkpoint_key(&id, FOLDER))
@@ -224,9 +221,7 @@ async fn messages_marked_unread_again_stay_unread() -> anyhow::Result<()> {
         .await?;
     let changed = unix_now();
     harness
-        .wait_status("polls after the change", &id, FOLDER, |s| {
-            s.last_poll.is_some_and(|p| p >= changed + 2)
-        })
+        .polled_after("polls after the change", &id, FOLDER, changed)
         .await?;
     let after = flags(&mut imap, FOLDER).await?;
     assert!(
@@ -238,9 +233,7 @@ async fn messages_marked_unread_again_stay_unread() -> anyhow::Result<()> {
     let (_, status) = deliver(&harness, &id, 9..=10).await?;
     let first = status.last_poll.unwrap_or_default();
     harness
-        .wait_status("later polls", &id, FOLDER, |s| {
-            s.last_poll.is_some_and(|p| p >= first + 2)
-        })
+        .polled_after("later polls", &id, FOLDER, first)
         .await?;
     let last = flags(&mut imap, FOLDER).await?;
     let unseen: Vec<u32> = (1..=10).filter(|uid| !seen(&last, *uid)).collect();
@@ -265,12 +258,7 @@ async fn messages_marked_unread_again_stay_unread() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_puts_every_message_in_the_target_once_with_one_record_each() -> anyhow::Result<()> {
     let messages: Vec<Vec<u8>> = (1..=12).map(report).collect();
-    let mut harness = start(messages.clone()).await?;
-    harness
-        .stack
-        .dovecot
-        .create_folder(PHISH_MAILBOX, TARGET)
-        .await?;
+    let mut harness = start_with_target(messages.clone()).await?;
     // The target is selected too: its messages add locations, never records, and are not
     // moved into themselves.
     let id = source(&harness, &[FOLDER, TARGET], move_to(TARGET)).await?;
@@ -293,9 +281,7 @@ async fn move_puts_every_message_in_the_target_once_with_one_record_each() -> an
     // Later polls change nothing (the target is not moved into itself).
     let first = target.last_poll.unwrap_or_default();
     let later = harness
-        .wait_status("later polls", &id, TARGET, |s| {
-            s.last_poll.is_some_and(|p| p >= first + 2)
-        })
+        .polled_after("later polls", &id, TARGET, first)
         .await?;
     assert_eq!(later.last_uid, Some(12));
     assert_eq!(bodies(&mut imap, TARGET).await?, served(&messages));
@@ -309,12 +295,7 @@ async fn move_puts_every_message_in_the_target_once_with_one_record_each() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_committed_without_their_action_get_it_at_the_next_sync() -> anyhow::Result<()> {
     let messages: Vec<Vec<u8>> = (1..=8).map(report).collect();
-    let mut harness = start(messages.clone()).await?;
-    harness
-        .stack
-        .dovecot
-        .create_folder(PHISH_MAILBOX, TARGET)
-        .await?;
+    let mut harness = start_with_target(messages.clone()).await?;
     let id = source(&harness, &[FOLDER], AfterProcessing::None).await?;
     spawn(&mut harness).await?;
     harness
@@ -326,9 +307,7 @@ async fn messages_committed_without_their_action_get_it_at_the_next_sync() -> an
     set_action(&harness, &id, move_to(TARGET)).await?;
     let switched = unix_now();
     harness
-        .wait_status("polls after the switch", &id, FOLDER, |s| {
-            s.last_poll.is_some_and(|p| p >= switched + 2)
-        })
+        .polled_after("polls after the switch", &id, FOLDER, switched)
         .await?;
     assert_eq!(bodies(&mut imap, FOLDER).await?, Vec::<Vec<u8>>::new());
     assert_eq!(bodies(&mut imap, TARGET).await?, served(&messages));
@@ -435,11 +414,7 @@ async fn a_rebuilt_folder_adds_exactly_the_one_new_record() -> anyhow::Result<()
     assert_eq!(rebuilt.messages_synced, 7);
     // Later polls: still seven.
     let at = rebuilt.last_poll.unwrap_or_default();
-    harness
-        .wait_status("later polls", &id, FOLDER, |s| {
-            s.last_poll.is_some_and(|p| p >= at + 2)
-        })
-        .await?;
+    harness.polled_after("later polls", &id, FOLDER, at).await?;
     assert_eq!(harness.store.count(&id).await?, 7);
     harness.stop().await
 }
@@ -454,12 +429,7 @@ async fn moves_use_uid_move_or_copy_and_uid_expunge_never_expunge() -> anyhow::R
 
     for with_move in [true, false] {
         let messages: Vec<Vec<u8>> = (1..=7).map(report).collect();
-        let mut harness = start(messages.clone()).await?;
-        harness
-            .stack
-            .dovecot
-            .create_folder(PHISH_MAILBOX, TARGET)
-            .await?;
+        let mut harness = start_with_target(messages.clone()).await?;
         let mut capabilities = Capabilities::exchange();
         if !with_move {
             capabilities.after_auth.retain(|atom| atom != "MOVE");

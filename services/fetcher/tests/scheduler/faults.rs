@@ -30,6 +30,20 @@ fn fixture(folders: &[(&str, usize)]) -> TenantFixture {
     fixture
 }
 
+/// A fault proxy running `script` in front of the test Dovecot, and a source on it with
+/// `folders` selected.
+async fn proxied(
+    harness: &Harness,
+    script: Script,
+    folders: &[&str],
+) -> anyhow::Result<(ExchangeProxy, SourceId)> {
+    let proxy = harness.stack.exchange_proxy(script).await?;
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), folders)
+        .await?;
+    Ok((proxy, id))
+}
+
 /// Two fetchers, four folders, a cap of one connection per mailbox: never two sessions at
 /// once, and every folder gets synced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,10 +53,7 @@ async fn the_connection_cap_holds_across_fetchers() -> anyhow::Result<()> {
         &folders.iter().map(|f| (*f, 3)).collect::<Vec<_>>(),
     ))
     .await?;
-    let proxy = harness.stack.exchange_proxy(Script::passthrough()).await?;
-    let id = harness
-        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &folders)
-        .await?;
+    let (proxy, id) = proxied(&harness, Script::passthrough(), &folders).await?;
     for instance in ["fetcher-a", "fetcher-b"] {
         let mut config = harness.fetcher_config(instance);
         config.sync.connections_per_mailbox = 1;
@@ -68,25 +79,17 @@ async fn an_unparseable_response_ends_the_connection_and_the_sync_resumes() -> a
     let mut harness = Harness::start(fixture(&[("Phish Reports", 12)])).await?;
     // On a connection, UID FETCH 1 asks for sizes and 2, 3, … for batches of bodies: the
     // second batch of the first two connections meets garbage.
-    let proxy = harness
-        .stack
-        .exchange_proxy(
-            Script::passthrough().rule(
-                When::command("UID FETCH")
-                    .nth(3)
-                    .then(Fault::inject_line("* 1 FETCH (UID 5))"))
-                    .times(2),
-            ),
-        )
-        .await?;
-    let id = harness
-        .add_source(
-            "Phishing reports",
-            PHISH_MAILBOX,
-            proxy.addr(),
-            &["Phish Reports"],
-        )
-        .await?;
+    let (proxy, id) = proxied(
+        &harness,
+        Script::passthrough().rule(
+            When::command("UID FETCH")
+                .nth(3)
+                .then(Fault::inject_line("* 1 FETCH (UID 5))"))
+                .times(2),
+        ),
+        &["Phish Reports"],
+    )
+    .await?;
     let mut config = harness.fetcher_config("fetcher-a");
     config.sync.batch_messages = 4;
     harness.spawn_fetcher(config).await?;
@@ -118,31 +121,13 @@ async fn an_unparseable_response_ends_the_connection_and_the_sync_resumes() -> a
     harness.stop().await
 }
 
-/// A proxy whose first `EXAMINE` gets Exchange's throttled reply asking for `backoff`, and
-/// a source on it syncing "Phish Reports".
-async fn throttled_once(
-    harness: &Harness,
-    backoff: Duration,
-) -> anyhow::Result<(ExchangeProxy, SourceId)> {
-    let proxy = harness
-        .stack
-        .exchange_proxy(
-            Script::passthrough().rule(
-                When::command("EXAMINE")
-                    .then(Fault::throttle(backoff))
-                    .once(),
-            ),
-        )
-        .await?;
-    let id = harness
-        .add_source(
-            "Phishing reports",
-            PHISH_MAILBOX,
-            proxy.addr(),
-            &["Phish Reports"],
-        )
-        .await?;
-    Ok((proxy, id))
+/// Exchange's throttled reply, asking for `backoff`, to the first `EXAMINE`.
+fn throttle_once(backoff: Duration) -> Script {
+    Script::passthrough().rule(
+        When::command("EXAMINE")
+            .then(Fault::throttle(backoff))
+            .once(),
+    )
 }
 
 /// When the throttle was answered, if it has been.
@@ -173,7 +158,7 @@ fn assert_waited(control: &ExchangeControl, replied: std::time::Instant, backoff
 async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Result<()> {
     let backoff = Duration::from_millis(1500);
     let mut harness = Harness::start(fixture(&[("Phish Reports", 3)])).await?;
-    let (proxy, id) = throttled_once(&harness, backoff).await?;
+    let (proxy, id) = proxied(&harness, throttle_once(backoff), &["Phish Reports"]).await?;
     let config = harness.fetcher_config("fetcher-a");
     harness.spawn_fetcher(config).await?;
     harness
@@ -195,7 +180,7 @@ async fn throttling_holds_the_mailbox_for_the_suggested_backoff() -> anyhow::Res
 async fn throttling_holds_the_mailbox_for_every_fetcher_and_source() -> anyhow::Result<()> {
     let backoff = Duration::from_secs(3);
     let mut harness = Harness::start(fixture(&[("Phish Reports", 3), ("INBOX", 2)])).await?;
-    let (proxy, first) = throttled_once(&harness, backoff).await?;
+    let (proxy, first) = proxied(&harness, throttle_once(backoff), &["Phish Reports"]).await?;
     for instance in ["fetcher-a", "fetcher-b"] {
         let config = harness.fetcher_config(instance);
         harness.spawn_fetcher(config).await?;
@@ -238,21 +223,13 @@ async fn sessions_ended_at_token_expiry_are_replaced_without_an_error() -> anyho
         .controls()
         .set_token_lifetime(Duration::from_secs(4));
     // Each body fetch takes a while, so the sync outlives several tokens.
-    let proxy = harness
-        .stack
-        .exchange_proxy(
-            Script::exchange()
-                .rule(When::command("UID FETCH").then(Fault::stall(Duration::from_millis(250)))),
-        )
-        .await?;
-    let id = harness
-        .add_source(
-            "Phishing reports",
-            PHISH_MAILBOX,
-            proxy.addr(),
-            &["Phish Reports"],
-        )
-        .await?;
+    let (proxy, id) = proxied(
+        &harness,
+        Script::exchange()
+            .rule(When::command("UID FETCH").then(Fault::stall(Duration::from_millis(250)))),
+        &["Phish Reports"],
+    )
+    .await?;
     let mut config = harness.fetcher_config("fetcher-a");
     config.sync.batch_messages = 2;
     config.sync.retire_before_token_expiry = Duration::from_millis(500);
@@ -310,15 +287,7 @@ async fn drops_inside_literals_lose_and_duplicate_nothing() -> anyhow::Result<()
                 .once(),
         );
     }
-    let proxy = harness.stack.exchange_proxy(script).await?;
-    let id = harness
-        .add_source(
-            "Phishing reports",
-            PHISH_MAILBOX,
-            proxy.addr(),
-            &["Phish Reports"],
-        )
-        .await?;
+    let (proxy, id) = proxied(&harness, script, &["Phish Reports"]).await?;
     let mut config = harness.fetcher_config("fetcher-a");
     config.sync.batch_messages = 2;
     config.sync.retry_max = Duration::from_millis(300);
@@ -368,20 +337,12 @@ async fn drops_inside_literals_lose_and_duplicate_nothing() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_connected_is_retried_then_diagnosed_when_it_persists() -> anyhow::Result<()> {
     let mut harness = Harness::start(fixture(&[("Phish Reports", 3)])).await?;
-    let proxy = harness
-        .stack
-        .exchange_proxy(
-            Script::exchange().rule(When::mailbox_command().then(Fault::not_connected())),
-        )
-        .await?;
-    let id = harness
-        .add_source(
-            "Phishing reports",
-            PHISH_MAILBOX,
-            proxy.addr(),
-            &["Phish Reports"],
-        )
-        .await?;
+    let (proxy, id) = proxied(
+        &harness,
+        Script::exchange().rule(When::mailbox_command().then(Fault::not_connected())),
+        &["Phish Reports"],
+    )
+    .await?;
     let config = harness.fetcher_config("fetcher-a");
     harness.spawn_fetcher(config).await?;
     let retrying = harness
@@ -430,15 +391,12 @@ async fn br01_a_garbled_capability_line_does_not_stop_the_sync() -> anyhow::Resu
     use threatmail_testkit::exchange_proxy::Dialect;
 
     let mut harness = Harness::start(fixture(&[("INBOX", 4)])).await?;
-    let proxy = harness
-        .stack
-        .exchange_proxy(
-            Script::passthrough().dialect(Dialect::exchange().double_space_after("IMAP4rev1")),
-        )
-        .await?;
-    let id = harness
-        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &["INBOX"])
-        .await?;
+    let (_proxy, id) = proxied(
+        &harness,
+        Script::passthrough().dialect(Dialect::exchange().double_space_after("IMAP4rev1")),
+        &["INBOX"],
+    )
+    .await?;
     let config = harness.fetcher_config("fetcher-a");
     harness.spawn_fetcher(config).await?;
     let status = harness
@@ -465,15 +423,12 @@ async fn br01_a_garbled_capability_line_does_not_stop_the_move() -> anyhow::Resu
         .dovecot
         .create_folder(PHISH_MAILBOX, "Processed")
         .await?;
-    let proxy = harness
-        .stack
-        .exchange_proxy(
-            Script::passthrough().dialect(Dialect::exchange().double_space_after("IMAP4rev1")),
-        )
-        .await?;
-    let id = harness
-        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &["INBOX"])
-        .await?;
+    let (proxy, id) = proxied(
+        &harness,
+        Script::passthrough().dialect(Dialect::exchange().double_space_after("IMAP4rev1")),
+        &["INBOX"],
+    )
+    .await?;
     let mut record = harness.sources.get(&id).await?.expect("source");
     let version = record.version;
     record.after_processing = AfterProcessing::MoveTo {
@@ -512,20 +467,17 @@ async fn br01_a_garbled_capability_line_does_not_stop_the_move() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_command_times_out_and_the_sync_resumes() -> anyhow::Result<()> {
     let mut harness = Harness::start(fixture(&[("INBOX", 30)])).await?;
-    let proxy = harness
-        .stack
-        .exchange_proxy(
-            Script::exchange().rule(
-                When::command("UID FETCH")
-                    .connection(1)
-                    .nth(3)
-                    .then(Fault::stall(Duration::from_secs(60))),
-            ),
-        )
-        .await?;
-    let id = harness
-        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &["INBOX"])
-        .await?;
+    let (proxy, id) = proxied(
+        &harness,
+        Script::exchange().rule(
+            When::command("UID FETCH")
+                .connection(1)
+                .nth(3)
+                .then(Fault::stall(Duration::from_secs(60))),
+        ),
+        &["INBOX"],
+    )
+    .await?;
     let mut config = harness.fetcher_config("fetcher-a");
     config.imap.command_timeout = Duration::from_secs(2);
     harness.spawn_fetcher(config).await?;

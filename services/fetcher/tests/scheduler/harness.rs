@@ -298,6 +298,21 @@ impl Harness {
         .await
     }
 
+    /// Waits for a poll of `folder` that began after `since` (Unix seconds) to finish: its
+    /// status's last poll two seconds later, as polls are recorded to the second.
+    pub(crate) async fn polled_after(
+        &self,
+        what: &str,
+        id: &SourceId,
+        folder: &str,
+        since: i64,
+    ) -> anyhow::Result<FolderStatus> {
+        self.wait_status(what, id, folder, |s| {
+            s.last_poll.is_some_and(|p| p >= since + 2)
+        })
+        .await
+    }
+
     /// Like [`Harness::wait_status`], and also returns the reason of every error the
     /// status showed while waiting (one entry per look that saw one), for tests of what a
     /// user sees during a fault.
@@ -405,6 +420,18 @@ pub(crate) fn report(n: usize) -> Vec<u8> {
         n % 60
     )
     .into_bytes()
+}
+
+/// Changes the flags of `uids` in the selected folder as a person would
+/// (`UID STORE <uids> <change>`, e.g. `+FLAGS (\Seen)`).
+pub(crate) async fn set_flags(
+    session: &mut Session,
+    uids: &str,
+    change: &str,
+) -> anyhow::Result<()> {
+    use futures::TryStreamExt as _;
+    let _: Vec<_> = session.uid_store(uids, change).await?.try_collect().await?;
+    Ok(())
 }
 
 /// Every message's flags in `folder` (SELECTed), by UID; without `\Recent`, which belongs

@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use futures::TryStreamExt as _;
 use threatmail_source::ConnectionState;
 use threatmail_store::identity::Identity;
 use threatmail_store::{MessageId, MessageRef};
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture};
 
-use crate::harness::{Harness, crlf, flags, phishing_corpus, report};
+use crate::harness::{Harness, crlf, flags, phishing_corpus, report, set_flags};
 
 const FOLDER: &str = "Phish Reports";
 
@@ -29,16 +28,8 @@ async fn the_corpus_syncs_once_then_only_new_mail_and_flags_stay() -> anyhow::Re
     // Some messages flagged, some seen, the rest unseen: the sync must change none.
     let mut imap = harness.imap(PHISH_MAILBOX).await?;
     imap.select(FOLDER).await?;
-    let _: Vec<_> = imap
-        .uid_store("1,4,7", "+FLAGS (\\Flagged)")
-        .await?
-        .try_collect()
-        .await?;
-    let _: Vec<_> = imap
-        .uid_store("2,5", "+FLAGS (\\Seen)")
-        .await?
-        .try_collect()
-        .await?;
+    set_flags(&mut imap, "1,4,7", "+FLAGS (\\Flagged)").await?;
+    set_flags(&mut imap, "2,5", "+FLAGS (\\Seen)").await?;
     let before = flags(&mut imap, FOLDER).await?;
     assert_eq!(before.len(), corpus.len());
     assert!(
@@ -106,9 +97,7 @@ async fn the_corpus_syncs_once_then_only_new_mail_and_flags_stay() -> anyhow::Re
     // Polls with nothing new store nothing (wait for polls at least two seconds later).
     let first_poll = synced.last_poll.unwrap_or_default();
     let later = harness
-        .wait_status("later polls", &id, FOLDER, |s| {
-            s.last_poll.is_some_and(|p| p >= first_poll + 2)
-        })
+        .polled_after("later polls", &id, FOLDER, first_poll)
         .await?;
     assert_eq!(later.messages_synced, expected.len() as u64);
     assert_eq!(later.last_uid, Some(total));
