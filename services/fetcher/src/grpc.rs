@@ -121,9 +121,9 @@ impl FetcherService {
             self.command_timeout,
         )
         .await?;
-        // Asked last: the capabilities are informational here, and a line the parser
-        // rejects (case BR-01: two spaces between atoms) leaves its bytes in the read buffer,
-        // so nothing sent after it on this connection would be answered.
+        // Asked last: the capabilities are informational here, and a line the parser still
+        // rejects (BR-01's extra spaces are mended before it, `imap::tolerant`) would leave
+        // its bytes in the read buffer, so nothing sent after it would be answered.
         let capabilities = match tokio::time::timeout(self.command_timeout, session.capabilities())
             .await
         {
