@@ -112,6 +112,17 @@ enum Interrupted {
     Sync(SyncError),
 }
 
+impl Interrupted {
+    /// Whether the sync was dropped where it stood (rather than returning), so a command it
+    /// sent may still be answering on the connection.
+    fn cut_short(&self) -> bool {
+        matches!(
+            self,
+            Interrupted::Stopped | Interrupted::Shutdown | Interrupted::LeaseLost
+        )
+    }
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -543,6 +554,13 @@ impl Inner {
             let result = self
                 .sync_under_lease(open, record, folder, lease, wanted, stop, shutdown)
                 .await;
+            // The answer to a command of the dropped sync would reach the next folder's
+            // commands, so that connection serves nothing more.
+            if result.as_ref().err().is_some_and(Interrupted::cut_short)
+                && let Some(cut) = session.take()
+            {
+                cut.abandon(&self.session).await;
+            }
             match result {
                 Ok(report) => return Outcome::Synced(report),
                 Err(Interrupted::Stopped) => return Outcome::Stopped,

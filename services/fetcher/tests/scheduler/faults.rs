@@ -1,6 +1,7 @@
 //! Exchange's behaviours met by the scheduler, through the fault proxy in front of the real
 //! Dovecot: the fleet-wide connection cap, a response that cannot be parsed, throttling,
-//! sessions ended at token expiry, drops inside literals, "not connected", BR-01, stalls.
+//! sessions ended at token expiry, drops inside literals, "not connected", BR-01, stalls, and a
+//! folder deselected in the middle of a fetch.
 
 use std::time::Duration;
 
@@ -503,5 +504,69 @@ async fn a_stalled_command_times_out_and_the_sync_resumes() -> anyhow::Result<()
         connections.len() >= 2 && connections.contains(&1),
         "the stalled connection was given up for a new one: {connections:?}"
     );
+    harness.stop().await
+}
+
+/// A folder deselected while its bodies are being fetched: its sync stops there, and the
+/// folder after it in the same round, on the same mailbox, syncs completely with no error,
+/// on a session the interrupted command's answer cannot confuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_deselected_mid_fetch_leaves_the_next_folder_intact() -> anyhow::Result<()> {
+    let mut harness = Harness::start(fixture(&[("Alpha", 20), ("Beta", 3)])).await?;
+    let (proxy, id) = proxied(
+        &harness,
+        Script::exchange()
+            .rule(When::command("UID FETCH").then(Fault::stall(Duration::from_millis(400)))),
+        &["Alpha", "Beta"],
+    )
+    .await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.sync.batch_messages = 2;
+    harness.spawn_fetcher(config).await?;
+    let store = &harness.store;
+    threatmail_testkit::net::wait_for(
+        "Alpha's sync to be under way",
+        Duration::from_secs(30),
+        || async {
+            let checkpoint = store.checkpoint(&id, "Alpha").await.ok().flatten()?;
+            (checkpoint.last_uid >= 2).then_some(())
+        },
+    )
+    .await?;
+    let version = harness.version(&id).await?;
+    harness.select(&id, version, &["Beta"], &["Alpha"]).await?;
+    let (beta, seen_errors) = harness
+        .wait_status_seeing_errors("Beta to sync", &id, "Beta", |s| s.last_uid == Some(3))
+        .await?;
+    assert!(
+        seen_errors.is_empty(),
+        "errors shown for Beta: {seen_errors:?}"
+    );
+    assert_eq!((beta.retry_count, &beta.last_error), (0, &None));
+    let alpha = harness
+        .store
+        .checkpoint(&id, "Alpha")
+        .await?
+        .map_or(0, |c| c.last_uid);
+    assert!(
+        alpha < 20,
+        "Alpha's sync was stopped before its end ({alpha})"
+    );
+    // Beta's EXAMINE went out on a new connection, not behind Alpha's unanswered FETCH.
+    let commands = proxy.control().commands();
+    let beta_examine = commands
+        .iter()
+        .filter(|c| c.name == "EXAMINE")
+        .nth(1)
+        .expect("Beta was examined");
+    let last_alpha_fetch = commands
+        .iter()
+        .rfind(|c| c.name == "UID FETCH" && c.at < beta_examine.at)
+        .expect("Alpha was fetched");
+    assert_ne!(
+        beta_examine.connection, last_alpha_fetch.connection,
+        "Beta's EXAMINE was sent behind Alpha's interrupted FETCH: {commands:#?}"
+    );
+    assert_eq!(harness.store.count(&id).await?, alpha as usize + 3);
     harness.stop().await
 }
