@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use secrecy::SecretString;
+use threatmail_fetcher::connections::ConnectionSlots;
 use threatmail_fetcher::imap::Session;
 use threatmail_fetcher::imap::connect::{Endpoint, connect, tls_config};
 use threatmail_fetcher::imap::login::{Credentials, login};
@@ -390,6 +391,8 @@ impl Bench {
             command_timeout: LIMIT,
             ..SyncLimits::default()
         };
+        // As the scheduler does: the fleet's throttling holds are read before each batch.
+        let holds = ConnectionSlots::new(self.redis_connection().await?);
         let token = self.token().await?;
         let before = self.cpu().await?;
         let started = Instant::now();
@@ -405,6 +408,7 @@ impl Bench {
             source_id: &source_id,
             access: Access::ReadOnly,
             limits: &limits,
+            holds: Some(&holds),
         };
         let report = sync_folder(&mut session, context, FOLDER, &lease).await?;
         store.release_lease(&lease).await?;

@@ -629,6 +629,7 @@ impl Inner {
             // SELECT only when the action after processing changes the mailbox.
             access: Access::ReadOnly,
             limits: &self.limits,
+            holds: Some(&self.session.slots),
         };
         let renew = async {
             loop {

@@ -33,6 +33,7 @@ use threatmail_store::{
     WriteOutcome,
 };
 
+use crate::connections::ConnectionSlots;
 use crate::imap::actions::{MoveSupport, mark_seen, move_support, move_to, uid_search};
 use crate::imap::fetch::{Announced, Body, announced_since, bodies};
 use crate::imap::select_folder::{Access, open};
@@ -112,6 +113,9 @@ pub struct SyncReport {
     /// Why the action after processing could not be applied (the messages stay as they
     /// are and the action is retried at the next sync).
     pub action_error: Option<ActionError>,
+    /// The sync ended early because the mailbox is held this much longer (see
+    /// [`SyncContext::holds`]); the rest of the folder waits for a later sync.
+    pub held: Option<Duration>,
 }
 
 /// An action after processing the server refused.
@@ -159,6 +163,10 @@ pub struct SyncContext<'a> {
     pub access: Access,
     /// Batches, sizes, timeouts.
     pub limits: &'a SyncLimits,
+    /// Where the fleet's throttling holds on `user`'s mailbox are read, before each batch
+    /// after the first is fetched: a hold (Exchange throttled another session on the
+    /// mailbox) ends the sync once what was fetched is written. `None` reads none.
+    pub holds: Option<&'a ConnectionSlots>,
 }
 
 /// Syncs `folder` (its raw name) on `session`, holding `lease`, with no action after
@@ -195,6 +203,7 @@ pub async fn sync_folder_with_action(
         source_id,
         access,
         limits,
+        holds,
     } = context;
     let imap = |source| SyncError::Imap {
         source_id: source_id.as_str().to_owned(),
@@ -328,7 +337,14 @@ pub async fn sync_folder_with_action(
             .checked_sub(1)
             .and_then(|n| batches.get(n))
             .zip(fetched.take());
-        let to_fetch = batches.get(step);
+        // The first batch follows the scheduler's own check of the hold.
+        if step > 0 && step < batches.len() && report.held.is_none() {
+            report.held = held(holds, user).await;
+            if let Some(left) = report.held {
+                tracing::info!(wait = ?left, "the mailbox is throttled (another session was told); writing what was fetched and stopping");
+            }
+        }
+        let to_fetch = batches.get(step).filter(|_| report.held.is_none());
         let writes = to_write.is_some();
         let mut written_uids: Vec<u32> = to_write
             .as_ref()
@@ -396,8 +412,12 @@ pub async fn sync_folder_with_action(
                 .await
                 .map_err(stored)?;
         }
+        if report.held.is_some() && fetched.is_none() && parsed.is_none() {
+            break;
+        }
     }
     tracing::info!(
+        held = report.held.is_some(),
         stored = report.stored,
         locations_added = report.locations_added,
         skipped = report.skipped,
@@ -405,6 +425,17 @@ pub async fn sync_folder_with_action(
         "folder synced"
     );
     Ok(report)
+}
+
+/// How much longer `user`'s mailbox is held, as `holds` says (a failed read holds nothing).
+async fn held(holds: Option<&ConnectionSlots>, user: &str) -> Option<Duration> {
+    match holds?.mailbox_held(user).await {
+        Ok(left) => left,
+        Err(error) => {
+            tracing::debug!(error = %error, "could not read the fleet's throttling");
+            None
+        }
+    }
 }
 
 /// UIDs per action command.

@@ -91,6 +91,7 @@ impl Harness {
             source_id: &self.source_id,
             access: Access::ReadOnly,
             limits: &self.limits,
+            holds: None,
         }
     }
 

@@ -1,10 +1,12 @@
 //! Exchange's behaviours met by the scheduler, through the fault proxy in front of the real
 //! Dovecot: the fleet-wide connection cap, a response that cannot be parsed, throttling,
-//! sessions ended at token expiry, drops inside literals, "not connected", BR-01, stalls, and a
-//! folder deselected in the middle of a fetch.
+//! sessions ended at token expiry, drops inside literals, "not connected", BR-01, stalls, a
+//! hold on the mailbox set in the middle of a sync, and a folder deselected in the middle of
+//! a fetch.
 
 use std::time::Duration;
 
+use threatmail_fetcher::connections::ConnectionSlots;
 use threatmail_source::ConnectionState;
 use threatmail_source::SourceId;
 use threatmail_testkit::exchange_proxy::{
@@ -568,5 +570,60 @@ async fn a_folder_deselected_mid_fetch_leaves_the_next_folder_intact() -> anyhow
         "Beta's EXAMINE was sent behind Alpha's interrupted FETCH: {commands:#?}"
     );
     assert_eq!(harness.store.count(&id).await?, alpha as usize + 3);
+    harness.stop().await
+}
+
+/// The mailbox held in the middle of a folder's sync (Exchange throttled another session
+/// on it): the syncing fetcher sends it nothing but its LOGOUT until the hold ends, and the
+/// folder completes afterwards, every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_set_mid_sync_stops_the_fetches_until_it_ends() -> anyhow::Result<()> {
+    let hold = Duration::from_secs(3);
+    let mut harness = Harness::start(fixture(&[("Phish Reports", 20)])).await?;
+    let (proxy, id) = proxied(
+        &harness,
+        Script::exchange()
+            .rule(When::command("UID FETCH").then(Fault::stall(Duration::from_millis(300)))),
+        &["Phish Reports"],
+    )
+    .await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.sync.batch_messages = 2;
+    harness.spawn_fetcher(config).await?;
+    let store = &harness.store;
+    threatmail_testkit::net::wait_for(
+        "the sync to be under way",
+        Duration::from_secs(30),
+        || async {
+            let checkpoint = store
+                .checkpoint(&id, "Phish Reports")
+                .await
+                .ok()
+                .flatten()?;
+            (checkpoint.last_uid >= 2).then_some(())
+        },
+    )
+    .await?;
+    // As another fetcher does when Exchange throttles it.
+    ConnectionSlots::new(harness.stack.redis.connection_manager().await?)
+        .hold_mailbox(PHISH_MAILBOX, hold, "fetcher-z")
+        .await?;
+    let held_at = std::time::Instant::now();
+    harness
+        .wait_status("the sync after the hold", &id, "Phish Reports", |s| {
+            s.last_uid == Some(20)
+        })
+        .await?;
+    assert_eq!(harness.store.count(&id).await?, 20);
+    // The FETCH sent just before the hold was seen may still go out.
+    let grace = Duration::from_millis(500);
+    let during: Vec<(String, Duration)> = proxy
+        .control()
+        .commands_for(PHISH_MAILBOX)
+        .iter()
+        .filter(|c| c.at > held_at + grace && c.at < held_at + hold && c.name != "LOGOUT")
+        .map(|c| (c.name.clone(), c.at.duration_since(held_at)))
+        .collect();
+    assert!(during.is_empty(), "sent during the hold: {during:?}");
     harness.stop().await
 }
