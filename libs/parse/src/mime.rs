@@ -101,20 +101,83 @@ pub(crate) fn parse_collecting(
     options: &ParseOptions,
     keep_texts: bool,
 ) -> (ParsedMessage, Vec<ScannedText>) {
-    let mut out = Collector::default();
-    out.texts = keep_texts.then(Vec::new);
-    out.max_indicators = options.max_indicators;
-    let mut walk = Walk {
-        options,
-        out,
-        warnings: Vec::new(),
-        parts: 0,
-        part_limit_hit: false,
-    };
+    contained(
+        raw,
+        || walked(raw, options, keep_texts),
+        || raw_text_only(raw, options, keep_texts),
+    )
+}
+
+/// The message parsed and walked.
+fn walked(
+    raw: &[u8],
+    options: &ParseOptions,
+    keep_texts: bool,
+) -> (ParsedMessage, Vec<ScannedText>) {
+    let mut walk = Walk::new(options, keep_texts);
     let mut structure = String::new();
     let message = walk.message_bytes(raw, 0, 0, "", &mut structure);
     let texts = walk.out.texts.take().unwrap_or_default();
     (walk.finish(raw.len(), message, structure), texts)
+}
+
+/// The message's bytes scanned as raw text, nothing parsed.
+fn raw_text_only(
+    raw: &[u8],
+    options: &ParseOptions,
+    keep_texts: bool,
+) -> (ParsedMessage, Vec<ScannedText>) {
+    let mut walk = Walk::new(options, keep_texts);
+    walk.raw_fallback(raw, 0, "");
+    let texts = walk.out.texts.take().unwrap_or_default();
+    (
+        walk.finish(raw.len(), MessageRecord::default(), "?".to_owned()),
+        texts,
+    )
+}
+
+/// The result of `parse`; should it panic (a bug in the parser, met by some hostile input),
+/// the result of `fallback` (a raw-text scan) or, should that panic too, an empty record,
+/// either with a [`WarningKind::ParserFailed`] warning. One message can then never stop a
+/// sync: it is stored like any other, with its raw bytes and what the fallback found.
+fn contained(
+    raw: &[u8],
+    parse: impl FnOnce() -> (ParsedMessage, Vec<ScannedText>),
+    fallback: impl FnOnce() -> (ParsedMessage, Vec<ScannedText>),
+) -> (ParsedMessage, Vec<ScannedText>) {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    // Nothing the closures borrow is used after a panic but `raw`, which they only read.
+    let payload = match catch_unwind(AssertUnwindSafe(parse)) {
+        Ok(parsed) => return parsed,
+        Err(payload) => payload,
+    };
+    let reason = payload
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no reason given".to_owned());
+    let (mut parsed, texts) = catch_unwind(AssertUnwindSafe(fallback)).unwrap_or_else(|_| {
+        let options = ParseOptions::default();
+        let walk = Walk::new(&options, false);
+        (
+            walk.finish(raw.len(), MessageRecord::default(), "?".to_owned()),
+            Vec::new(),
+        )
+    });
+    parsed.warnings.insert(
+        0,
+        Warning {
+            kind: WarningKind::ParserFailed,
+            part: None,
+            // The reason may quote the message's bytes: escaped, and cut short.
+            detail: format!(
+                "the parser failed on this message (a bug; please report it): {:?}; its raw \
+                 bytes are kept and were scanned as raw text",
+                reason.chars().take(200).collect::<String>()
+            ),
+        },
+    );
+    (parsed, texts)
 }
 
 struct Walk<'o> {
@@ -125,7 +188,20 @@ struct Walk<'o> {
     part_limit_hit: bool,
 }
 
-impl Walk<'_> {
+impl<'o> Walk<'o> {
+    fn new(options: &'o ParseOptions, keep_texts: bool) -> Self {
+        let mut out = Collector::default();
+        out.texts = keep_texts.then(Vec::new);
+        out.max_indicators = options.max_indicators;
+        Walk {
+            options,
+            out,
+            warnings: Vec::new(),
+            parts: 0,
+            part_limit_hit: false,
+        }
+    }
+
     fn warn(&mut self, kind: WarningKind, part: &str, detail: impl Into<String>) {
         // A hostile message could make thousands of identical warnings: keep the first few.
         if self.warnings.len() >= 100 {
@@ -921,5 +997,77 @@ fn teardown(message: Message<'_>) {
                 stack.push(inner);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::IndicatorKind;
+
+    const RAW: &[u8] = b"Subject: invoice\r\n\r\nPay at http://198.51.100.7/pay.php today\r\n";
+
+    fn failed_warning(parsed: &ParsedMessage) -> &Warning {
+        parsed
+            .warnings
+            .iter()
+            .find(|w| w.kind == WarningKind::ParserFailed)
+            .expect("a parser-failed warning")
+    }
+
+    /// A panic while parsing: the message still comes out, scanned as raw text, with a
+    /// warning whose reason (which may quote the input) is escaped.
+    #[test]
+    fn a_parser_panic_leaves_a_raw_text_record() {
+        let options = ParseOptions::default();
+        let (parsed, _) = contained(
+            RAW,
+            || panic!("byte index 3 is not a char boundary\nit is inside 'x'"),
+            || raw_text_only(RAW, &options, false),
+        );
+        assert_eq!(parsed.size, RAW.len() as u64);
+        assert!(
+            parsed
+                .indicators
+                .iter()
+                .any(|i| i.kind == IndicatorKind::Url && i.value.contains("198.51.100.7/pay.php")),
+            "the raw-text scan ran: {:?}",
+            parsed.indicators
+        );
+        let warning = failed_warning(&parsed);
+        assert!(!warning.detail.contains('\n'), "{}", warning.detail);
+        assert!(
+            warning.detail.contains("not a char boundary"),
+            "{}",
+            warning.detail
+        );
+    }
+
+    /// The raw-text scan panicking too: an empty record with the warning, never a panic.
+    #[test]
+    fn a_fallback_panic_leaves_an_empty_record() {
+        let (parsed, texts) = contained(RAW, || panic!("first"), || panic!("second"));
+        assert_eq!(parsed.size, RAW.len() as u64);
+        assert!(parsed.indicators.is_empty());
+        assert!(texts.is_empty());
+        assert!(failed_warning(&parsed).detail.contains("first"));
+    }
+
+    /// No panic: the parse as it is, no warning added.
+    #[test]
+    fn a_parse_that_does_not_panic_is_passed_through() {
+        let options = ParseOptions::default();
+        let (parsed, _) = contained(
+            RAW,
+            || walked(RAW, &options, false),
+            || panic!("the fallback is not run"),
+        );
+        assert_eq!(parsed, walked(RAW, &options, false).0);
+        assert!(
+            parsed
+                .warnings
+                .iter()
+                .all(|w| w.kind != WarningKind::ParserFailed)
+        );
     }
 }

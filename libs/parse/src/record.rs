@@ -368,6 +368,8 @@ pub enum WarningKind {
     NestedMessageUnparsable,
     /// More distinct indicators than the limit; the rest were counted, not kept.
     IndicatorLimitExceeded,
+    /// The parser failed (a bug met by this input); the raw bytes were scanned as text.
+    ParserFailed,
 }
 
 impl fmt::Display for WarningKind {
@@ -381,6 +383,7 @@ impl fmt::Display for WarningKind {
             WarningKind::EncodingProblem => "broken encoding or structure",
             WarningKind::NestedMessageUnparsable => "attached message could not be parsed",
             WarningKind::IndicatorLimitExceeded => "indicator limit exceeded",
+            WarningKind::ParserFailed => "the parser failed",
         })
     }
 }
