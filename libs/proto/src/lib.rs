@@ -9,3 +9,12 @@
 pub mod v1 {
     tonic::include_proto!("threatmail.v1");
 }
+
+/// The [`v1::Problem`] a failed call's status carries in its details (services put one
+/// there: reason, message, field and upstream code such as `AADSTS7000215`), if any.
+pub fn problem_of(status: &tonic::Status) -> Option<v1::Problem> {
+    use prost::Message as _;
+    v1::Problem::decode(status.details())
+        .ok()
+        .filter(|p| !p.reason.is_empty())
+}

@@ -29,6 +29,8 @@ pub enum BrokerError {
         /// The broker's machine-readable reason, e.g. `entra.secret_expired`.
         reason: String,
         message: String,
+        /// What Entra ID answered, e.g. `AADSTS7000222`, when the broker says.
+        upstream_code: String,
     },
 }
 
@@ -142,6 +144,9 @@ impl Broker {
                     .unwrap_or_default()
                     .to_owned(),
                 message: status.message().to_owned(),
+                upstream_code: threatmail_proto::problem_of(&status)
+                    .map(|p| p.upstream_code)
+                    .unwrap_or_default(),
             }),
         }
     }

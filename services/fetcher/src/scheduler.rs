@@ -888,14 +888,22 @@ fn judge(record: &SourceRecord, outcome: &Outcome, retry_count: u32) -> Judged {
         }
         Outcome::Session(SessionError::Broker(error)) => match error {
             BrokerError::Refused {
-                reason, message, ..
+                reason,
+                message,
+                upstream_code,
+                ..
             } => {
                 let reason = if reason.is_empty() {
                     "token.refused"
                 } else {
                     reason.as_str()
                 };
-                plain(reason, message.clone(), reason, !error.is_transient())
+                plain(
+                    reason,
+                    message.clone(),
+                    upstream_code,
+                    !error.is_transient(),
+                )
             }
             BrokerError::Address { .. } => plain("fetcher.broker_address", chain(error), "", true),
         },
@@ -995,10 +1003,12 @@ mod tests {
                 code,
                 reason: "entra.secret_expired".into(),
                 message: "the client secret expired".into(),
+                upstream_code: "AADSTS7000222".into(),
             }))
         };
         let expired = judge(&oauth, &broker(tonic::Code::FailedPrecondition), 1);
         assert_eq!(expired.error.reason, "entra.secret_expired");
+        assert_eq!(expired.error.upstream_code, "AADSTS7000222");
         assert!(expired.needs_user);
         assert!(!judge(&oauth, &broker(tonic::Code::Unavailable), 1).needs_user);
 

@@ -223,9 +223,8 @@ pub fn connection_problem(reason: &str, message: &str, host: &str, port: u16) ->
         ),
         _ => ("", format!("the IMAP session with {host}:{port} failed")),
     };
-    let mut p = problem(reason, field, format!("{advice} ({message})"));
-    p.upstream_code = reason.to_owned();
-    p
+    // No upstream code: the server's words, if any, are in the message.
+    problem(reason, field, format!("{advice} ({message})"))
 }
 
 /// The problem for a refused password login.

@@ -217,8 +217,8 @@ impl Registry {
             Ok(reply) => reply,
             // Entra unreachable, throttling or down: about Entra, not the registry.
             Err(status) if reason_of(&status).starts_with("entra.") => {
-                let mut p = problem(&reason_of(&status), "", status.message());
-                p.upstream_code = reason_of(&status);
+                let p = threatmail_proto::problem_of(&status)
+                    .unwrap_or_else(|| problem(&reason_of(&status), "", status.message()));
                 return Ok(TokenOutcome::Refused(vec![p]));
             }
             Err(status) => return Err(upstream_error("token broker", &status)),

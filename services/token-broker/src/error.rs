@@ -3,8 +3,7 @@
 //! A failed RPC carries: the status code; the message, one line naming what to recheck;
 //! the `threatmail-reason` metadata (e.g. `entra.secret_wrong`); the same as a
 //! `threatmail.v1.Problem` encoded in the status details (reason, message, field, upstream
-//! code such as `AADSTS7000215`), which a client decodes with
-//! `Problem::decode(status.details())`; and `retry-after` (seconds) when asking again
+//! code such as `AADSTS7000215`), which a client reads with `threatmail_proto::problem_of`; and `retry-after` (seconds) when asking again
 //! sooner is pointless. Nothing in it is secret.
 
 use prost::Message as _;
@@ -180,11 +179,4 @@ impl BrokerError {
         }
         status
     }
-}
-
-/// The problem a failed status carries, if it came from a threatmail service.
-pub fn problem_of(status: &tonic::Status) -> Option<Problem> {
-    Problem::decode(status.details())
-        .ok()
-        .filter(|p| !p.reason.is_empty())
 }

@@ -175,10 +175,11 @@ pub(crate) fn problem_line(p: &pb::Problem) -> String {
     } else {
         format!("{}: {}", p.field, p.message)
     };
-    let tags: Vec<&str> = [p.reason.as_str(), p.upstream_code.as_str()]
+    let mut tags: Vec<&str> = [p.reason.as_str(), p.upstream_code.as_str()]
         .into_iter()
         .filter(|t| !t.is_empty())
         .collect();
+    tags.dedup();
     if !tags.is_empty() {
         line.push_str(&format!(" [{}]", tags.join(", ")));
     }
@@ -263,6 +264,25 @@ pub(crate) fn error_json(error: &anyhow::Error) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_problem_line_names_the_reason_and_entras_code_once_each() {
+        let problem = |reason: &str, upstream: &str| pb::Problem {
+            reason: reason.into(),
+            message: "Entra ID rejected the client secret".into(),
+            field: "secret_key".into(),
+            upstream_code: upstream.into(),
+        };
+        assert_eq!(
+            problem_line(&problem("entra.secret_wrong", "AADSTS7000215")),
+            "secret_key: Entra ID rejected the client secret [entra.secret_wrong, AADSTS7000215]"
+        );
+        // An older fetcher wrote the reason as its upstream code too.
+        assert_eq!(
+            problem_line(&problem("entra.secret_wrong", "entra.secret_wrong")),
+            "secret_key: Entra ID rejected the client secret [entra.secret_wrong]"
+        );
+    }
 
     #[test]
     fn a_refusal_lists_every_problem_on_one_line() {

@@ -241,3 +241,41 @@ async fn a_password_source_logs_in_with_login() -> anyhow::Result<()> {
     assert_eq!(harness.store.count(&id).await?, 2);
     harness.stop().await
 }
+
+/// A secret Entra ID refuses: the folder's status names the fault and carries Entra's own
+/// code (AADSTS7000215), as Save and Continue does, and no session is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_secret_shows_entras_code_in_the_status() -> anyhow::Result<()> {
+    let mut harness = Harness::start(fixture()).await?;
+    let dovecot = harness.stack.dovecot.imaps_addr();
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, dovecot, &[FOLDER])
+        .await?;
+    let mut record = harness.sources.get(&id).await?.expect("source");
+    record.set_secret(
+        &harness.keyring,
+        threatmail_source::SecretSlot::Current,
+        &secrecy::SecretString::from("not-the-secret".to_owned()),
+        None,
+    )?;
+    let version = record.version;
+    harness.sources.update(&record, version).await?;
+    let config = harness.fetcher_config("fetcher-a");
+    harness.spawn_fetcher(config).await?;
+    // What the fetcher wrote, and the registry's GetStatus showing exactly that.
+    let registry = harness.registry().await?;
+    let (failed, shown) = harness
+        .shown_status(&registry, &id, FOLDER, |s| {
+            s.connection_state == ConnectionState::Failed
+        })
+        .await?;
+    let error = failed.last_error.clone().expect("last error");
+    assert_eq!(
+        (error.reason.as_str(), error.upstream_code.as_str()),
+        ("entra.secret_wrong", "AADSTS7000215"),
+        "{error:?}"
+    );
+    assert_shown(&failed, &shown);
+    assert_eq!(harness.store.count(&id).await?, 0);
+    harness.stop().await
+}
