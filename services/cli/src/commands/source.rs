@@ -25,7 +25,7 @@ use secrecy::ExposeSecret as _;
 use serde_json::json;
 use threatmail_proto::v1 as pb;
 
-use super::client::{self, RegistryArgs, RegistryClient, rpc_error};
+use super::client::{self, RegistryArgs, RegistryClient, problem_json, problem_line, rpc_error};
 use super::secret_input::SecretSource;
 
 /// Arguments of `threatmail source`.
@@ -134,7 +134,7 @@ struct FormArgs {
     #[arg(long)]
     host: Option<String>,
     /// The IMAP port (default 993).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
     /// Implicit TLS (default true).
     #[arg(long, value_name = "BOOL")]
@@ -170,6 +170,19 @@ fn parse_interval(text: &str) -> Result<u32, String> {
 }
 
 impl FormArgs {
+    /// Whether a field that decides how the source logs in is given.
+    fn touches_login(&self) -> bool {
+        self.auth_type.is_some()
+            || self.email.is_some()
+            || self.app_id.is_some()
+            || self.tenant_id.is_some()
+            || self.object_id.is_some()
+            || self.cloud.is_some()
+            || self.host.is_some()
+            || self.port.is_some()
+            || self.tls.is_some()
+    }
+
     /// Writes the given fields into `spec`.
     fn apply(&self, spec: &mut pb::SourceSpec) {
         let set = |target: &mut String, value: &Option<String>| {
@@ -258,6 +271,10 @@ struct UpdateArgs {
     /// Replace the secret with one typed at the prompt (or read from stdin).
     #[arg(long, conflicts_with_all = ["secret_key_file", "secret_key_env"])]
     new_secret: bool,
+    /// Save a change of how the source logs in (secret, tenant, app, mailbox, server)
+    /// without running Save and Continue on it first.
+    #[arg(long)]
+    no_test: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -379,15 +396,41 @@ async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
             let found = resolve(&mut client, &update.source).await?;
             let mut spec = found.spec.clone().unwrap_or_default();
             update.form.apply(&mut spec);
-            if update.secret.is_named() || update.new_secret {
+            let new_secret = update.secret.is_named() || update.new_secret;
+            if new_secret {
                 spec.secret_key = update
                     .secret
                     .read("New secret key (not shown): ")?
                     .expose_secret()
                     .to_owned();
             }
+            // Save and Continue on the changed source (stored secrets stand in for those
+            // not given): a login that no longer works is not saved.
+            let mut warnings = Vec::new();
+            if (new_secret || update.form.touches_login()) && !update.no_test {
+                let reply = test(&mut client, spec.clone(), &found.id).await?;
+                if !reply.ok {
+                    if json {
+                        print_json(&json!({
+                            "ok": false,
+                            "saved": false,
+                            "error": render::test_failure_line(&reply),
+                            "source": render::source_json(&found),
+                            "test": render::test_json(&reply),
+                        }))?;
+                    } else {
+                        render::print_test(&reply, &spec.email, &found.folders)?;
+                    }
+                    eprintln!(
+                        "error: not saved: {}; or pass --no-test to save it untested",
+                        render::test_failure_line(&reply)
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                warnings = reply.warnings;
+            }
             let saved = update_source(&mut client, &found, spec, false).await?;
-            report_saved(&saved, "updated", json)?;
+            report_saved(&saved, "updated", &warnings, json)?;
             Ok(ExitCode::SUCCESS)
         }
         SourceCommand::Rm { source, yes } => {
@@ -456,6 +499,8 @@ async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
             let mut client = registry.connect("Update Threat Mailbox").await?;
             let found = resolve(&mut client, &secret.source).await?;
             let mut spec = found.spec.clone().unwrap_or_default();
+            let mut warnings = Vec::new();
+            let mut tested = !secret.clear_next;
             let what = if secret.clear_next {
                 "next secret removed"
             } else {
@@ -465,7 +510,9 @@ async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
                     "New secret key (not shown): "
                 })?;
                 let expires = secret.expires.clone().unwrap_or_default();
-                if !secret.no_test {
+                if secret.no_test {
+                    tested = false;
+                } else {
                     // Tried as the current secret, so a next one is judged on its own even
                     // when the current one no longer works (the reason to roll over).
                     let mut trial = spec.clone();
@@ -479,14 +526,15 @@ async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
                             print_json(&json!({
                                 "ok": false,
                                 "saved": false,
+                                "error": format!("the secret was not saved: it was refused at the {stage} stage"),
                                 "source": render::source_json(&found),
                                 "test": render::test_json(&reply),
                             }))?;
-                        } else {
-                            render::print_secret_refused(&reply, stage)?;
                         }
+                        render::print_secret_refused(&reply, stage)?;
                         return Ok(ExitCode::FAILURE);
                     }
+                    warnings = reply.warnings;
                 }
                 if secret.next {
                     spec.next_secret_key = value.expose_secret().to_owned();
@@ -500,9 +548,9 @@ async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
             };
             let password = spec.auth_type() == pb::AuthType::Password;
             let saved = update_source(&mut client, &found, spec, secret.clear_next).await?;
-            report_saved(&saved, what, json)?;
+            report_saved(&saved, what, &warnings, json)?;
             if !json && !secret.clear_next {
-                if secret.no_test {
+                if !tested {
                     eprintln!(
                         "not tested; check it with `threatmail source test {}` (Save and Continue also tries the next secret)",
                         saved.id
@@ -523,21 +571,23 @@ async fn run_command(args: SourceArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The stage that refused the secret under test, if it did: the token stage for an OAuth
-/// source, the login for a password source (where the password is what the login tries).
+/// The stage that refused the secret under test, if one did: the fields' validation (a bad
+/// expiry date), then the token stage for an OAuth source, the login for a password source
+/// (where the password is what the login tries).
 fn refused_secret_stage(
     reply: &pb::TestSourceResponse,
     auth: pb::AuthType,
 ) -> Option<&'static str> {
-    let stage = match auth {
+    let judged = match auth {
         pb::AuthType::Password => "login",
         _ => "token",
     };
-    reply
-        .stages
-        .iter()
-        .any(|s| s.name == stage && s.outcome == "failed")
-        .then_some(stage)
+    ["validate", judged].into_iter().find(|stage| {
+        reply
+            .stages
+            .iter()
+            .any(|s| s.name == *stage && s.outcome == "failed")
+    })
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
@@ -570,7 +620,16 @@ async fn list(client: &mut RegistryClient) -> anyhow::Result<Vec<pb::Source>> {
 /// spaces, as the registry keeps names unique).
 async fn resolve(client: &mut RegistryClient, wanted: &str) -> anyhow::Result<pb::Source> {
     let wanted_trim = wanted.trim();
-    let sources = list(client).await?;
+    let sources = match client.list_sources(pb::ListSourcesRequest {}).await {
+        Ok(reply) => reply.into_inner().sources,
+        Err(status) if status.code() == tonic::Code::PermissionDenied => {
+            return Err(rpc_error("ListSources", status).context(
+                "the source is looked up first, which needs the View Threat Mailbox permission \
+                 besides the one the command needs: use a key with both (e.g. view,update)",
+            ));
+        }
+        Err(status) => return Err(rpc_error("ListSources", status)),
+    };
     let by_name = |s: &&pb::Source| {
         s.spec
             .as_ref()
@@ -638,9 +697,19 @@ async fn update_source(
         .into_inner())
 }
 
-fn report_saved(saved: &pb::Source, what: &str, json: bool) -> anyhow::Result<()> {
+/// What was saved, with the warnings of the Save and Continue run before it (on stderr).
+fn report_saved(
+    saved: &pb::Source,
+    what: &str,
+    warnings: &[pb::Problem],
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
-        print_json(&json!({ "ok": true, "source": render::source_json(saved) }))
+        print_json(&json!({
+            "ok": true,
+            "source": render::source_json(saved),
+            "warnings": warnings.iter().map(problem_json).collect::<Vec<_>>(),
+        }))
     } else {
         let name = saved
             .spec
@@ -652,6 +721,9 @@ fn report_saved(saved: &pb::Source, what: &str, json: bool) -> anyhow::Result<()
             saved.id,
             saved.version
         )?;
+        for warning in warnings {
+            eprintln!("warning: {}", problem_line(warning));
+        }
         Ok(())
     }
 }

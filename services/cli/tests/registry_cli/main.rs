@@ -487,6 +487,125 @@ async fn a_secret_entra_refuses_is_not_saved() -> anyhow::Result<()> {
     h.stop().await
 }
 
+/// `source update` runs Save and Continue when it changes how the source logs in (a secret
+/// here) and saves nothing it refuses; other changes are saved as they are. `source secret`
+/// passes on the test's warnings, and a bad expiry date is refused before anything is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_to_how_a_source_logs_in_are_tested_before_saving() -> anyhow::Result<()> {
+    let h = Harness::start(true).await?;
+    let secret = h.secret();
+    let form = h.form("Phishing reports");
+    let mut args: Vec<&str> = vec!["source", "add"];
+    args.extend(form.iter().map(String::as_str));
+    args.push("--json");
+    let added = h.run(&args, Some(&secret)).await?.expect(0).json();
+    let id = added["source"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let version = |shown: &serde_json::Value| shown["source"]["version"].clone();
+    let show_args = ["source", "show", id.as_str(), "--json"];
+    let show = || h.run(&show_args, None);
+
+    let wrong = "Wr0ng~secret-value-entra-refuses";
+    let refused = h
+        .run(&["source", "update", &id, "--new-secret"], Some(wrong))
+        .await?
+        .expect(1);
+    assert!(
+        refused.stderr.contains("not saved") && refused.all().contains("entra.secret_wrong"),
+        "{}",
+        refused.all()
+    );
+    assert!(!refused.all().contains(wrong), "the value is never printed");
+    let refused = h
+        .run(
+            &["source", "update", &id, "--new-secret", "--json"],
+            Some(wrong),
+        )
+        .await?
+        .expect(1)
+        .json();
+    assert_eq!(
+        (&refused["ok"], &refused["saved"]),
+        (&Value::Bool(false), &Value::Bool(false))
+    );
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("token")),
+        "{refused}"
+    );
+    assert_eq!(
+        version(&show().await?.expect(0).json()),
+        version(&added),
+        "nothing saved"
+    );
+
+    // Not about the login: saved without a test.
+    let updated = h
+        .run(
+            &["source", "update", &id, "--poll-interval", "10m", "--json"],
+            None,
+        )
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(updated["source"]["poll_interval_seconds"], 600, "{updated}");
+
+    // The right secret with an expiry date already past: saved, and the test says so.
+    let replaced = h
+        .run(
+            &["source", "secret", &id, "--expires", "2020-01-01"],
+            Some(&secret),
+        )
+        .await?
+        .expect(0);
+    assert!(
+        replaced.stderr.contains("warning:") && replaced.stderr.contains("2020-01-01"),
+        "{}",
+        replaced.stderr
+    );
+    // A date that is none: refused by the test's validation, nothing saved.
+    let before = version(&show().await?.expect(0).json());
+    let bad_date = h
+        .run(
+            &["source", "secret", &id, "--expires", "notadate"],
+            Some(&secret),
+        )
+        .await?
+        .expect(1);
+    assert!(
+        bad_date.stderr.contains("not saved") && bad_date.stderr.contains("secret_expires"),
+        "{}",
+        bad_date.stderr
+    );
+    assert_eq!(version(&show().await?.expect(0).json()), before);
+    // A key that may update but not view: told why it cannot find the source.
+    let update_only = h.api_key(&[threatmail_auth::Role::Update]).await?;
+    let update_only = h.write_file("update-only-key", &update_only)?;
+    let blind = h
+        .run_with(
+            &["source", "test", &id],
+            None,
+            &[("TM_API_KEY_FILE", update_only.to_str().unwrap_or_default())],
+        )
+        .await?
+        .expect(1);
+    assert!(
+        blind.stderr.contains("looked up first") && blind.stderr.contains("view,update"),
+        "{}",
+        blind.stderr
+    );
+    // Port 0 is no port (leaving it out means 993).
+    let zero = h
+        .run(&["source", "update", &id, "--port", "0"], None)
+        .await?
+        .expect(2);
+    assert!(zero.stderr.contains("--port"), "{}", zero.stderr);
+    h.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_save_and_continue_prints_its_diagnosis_exits_1_and_saves_nothing()
 -> anyhow::Result<()> {
