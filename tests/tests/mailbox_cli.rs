@@ -140,5 +140,76 @@ async fn the_mailbox_commands_show_what_was_synced() -> anyhow::Result<()> {
         .as_array()
         .map(|objects| objects.iter().filter(|o| o["type"] == "report").count());
     assert_eq!(reports, Some(count));
+    assert_eq!(
+        (&message["ok"], &summary["ok"]),
+        (&Value::Bool(true), &Value::Bool(true))
+    );
+    Ok(())
+}
+
+/// What `mailbox` says when a list is cut or empty, or a command fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mailbox_commands_say_what_they_left_out_and_why_they_failed() -> anyhow::Result<()> {
+    let (deployment, count) = synced_samples().await?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    // Cut by --limit: said on stderr, the table stays a table.
+    let cut = ok(&deployment, &["mailbox", "list", "--limit", "2"]).await?;
+    assert_eq!(
+        text(&cut.stdout).lines().count(),
+        3,
+        "a header and two rows"
+    );
+    assert!(
+        text(&cut.stderr).contains("more match"),
+        "{}",
+        text(&cut.stderr)
+    );
+    let whole = ok(
+        &deployment,
+        &["mailbox", "list", "--limit", &count.to_string()],
+    )
+    .await?;
+    assert_eq!(text(&whole.stdout).lines().count(), count + 1);
+    assert!(
+        whole.stderr.is_empty(),
+        "nothing was cut: {}",
+        text(&whole.stderr)
+    );
+    let none = ok(
+        &deployment,
+        &["mailbox", "list", "--subject", "no such subject"],
+    )
+    .await?;
+    assert!(
+        text(&none.stderr).contains("no message matches"),
+        "{}",
+        text(&none.stderr)
+    );
+
+    // A failure with --json: the error as a JSON document on stdout, exit 1.
+    let missing = deployment
+        .run(&["mailbox", "show", "no-source/no-message", "--json"])
+        .await?;
+    assert_eq!(missing.status.code(), Some(1));
+    let error: Value = serde_json::from_slice(&missing.stdout)?;
+    assert_eq!(error["ok"], Value::Bool(false));
+    assert!(
+        error["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{error}"
+    );
+
+    // A bad value is a usage error (exit 2), before anything is asked.
+    for bad in [["--since", "notadate"], ["--type", "bogus"]] {
+        let refused = deployment
+            .run(&[&["mailbox", "list"][..], &bad[..]].concat())
+            .await?;
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            text(&refused.stderr)
+        );
+        assert!(refused.stdout.is_empty(), "{bad:?}");
+    }
     Ok(())
 }

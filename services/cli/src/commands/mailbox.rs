@@ -106,20 +106,21 @@ struct Filters {
     #[arg(long)]
     folder: Option<String>,
     /// From this time on: RFC 3339 (`2024-05-01T00:00:00Z`), a date (`2024-05-01`) or Unix seconds.
-    #[arg(long)]
-    since: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    since: Option<i64>,
     /// Before this time (same forms).
-    #[arg(long)]
-    until: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    until: Option<i64>,
     /// From or Sender: an address, or a domain (`@corp.example`).
     #[arg(long)]
     sender: Option<String>,
     /// Holds this indicator (defanged forms work: `hxxp://x[.]com`).
     #[arg(long)]
     indicator: Option<String>,
-    /// Holds an indicator of this type (url, domain, ipv4, ipv6, cidr, email, md5, sha1,
-    /// sha256, sha512, cve).
-    #[arg(long = "type")]
+    /// Holds an indicator of this type.
+    #[arg(long = "type", value_parser = [
+        "url", "domain", "ipv4", "ipv6", "cidr", "email", "md5", "sha1", "sha256", "sha512", "cve",
+    ])]
     indicator_type: Option<String>,
     /// Subject contains this text.
     #[arg(long)]
@@ -127,7 +128,7 @@ struct Filters {
 }
 
 /// Unix seconds of `text`: Unix seconds, RFC 3339, or a date (midnight UTC).
-fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
+fn parse_time(text: &str) -> Result<i64, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<i64>() {
         return Ok(seconds);
@@ -139,36 +140,24 @@ fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
     };
     threatmail_store::time::parse_rfc3339_ms(&full)
         .map(|ms| ms.div_euclid(1000))
-        .with_context(|| {
-            format!("--{flag} {text:?}: expected Unix seconds, 2024-05-01 or 2024-05-01T10:00:00Z")
-        })
+        .ok_or_else(|| "expected Unix seconds, 2024-05-01 or 2024-05-01T10:00:00Z".to_owned())
 }
 
 impl Filters {
-    fn request(&self) -> anyhow::Result<pb::ListMessagesRequest> {
+    fn request(&self) -> pb::ListMessagesRequest {
         let text = |value: &Option<String>| value.clone().unwrap_or_default();
-        Ok(pb::ListMessagesRequest {
+        pb::ListMessagesRequest {
             source_id: text(&self.source),
             folder: text(&self.folder),
-            since: self
-                .since
-                .as_deref()
-                .map(|t| parse_time("since", t))
-                .transpose()?
-                .unwrap_or(0),
-            until: self
-                .until
-                .as_deref()
-                .map(|t| parse_time("until", t))
-                .transpose()?
-                .unwrap_or(0),
+            since: self.since.unwrap_or(0),
+            until: self.until.unwrap_or(0),
             sender: text(&self.sender),
             indicator_value: text(&self.indicator),
             indicator_type: text(&self.indicator_type),
             subject_contains: text(&self.subject),
             page_size: 0,
             page_token: String::new(),
-        })
+        }
     }
 }
 
@@ -239,29 +228,35 @@ async fn list(
     limit: usize,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    let mut request = filters.request()?;
+    let mut request = filters.request();
     request.page_size = if limit == 0 {
         1000
     } else {
-        limit.min(1000) as u32
+        // One more than shown tells whether the list was cut.
+        limit.saturating_add(1).min(1000) as u32
     };
     let mut out = std::io::stdout().lock();
     let mut printed = 0usize;
-    if !as_json {
-        writeln!(
-            out,
-            "{:<52} {:<16} {:>4}  {:<28} SUBJECT",
-            "ID", "DATE (UTC)", "IOCS", "FROM"
-        )?;
-    }
     loop {
         let reply = client
             .list_messages(request.clone())
             .await
             .map_err(|s| rpc_error("ListMessages", s))?
             .into_inner();
+        // The header once the service has answered, so a refusal prints nothing else.
+        if !as_json && printed == 0 && request.page_token.is_empty() {
+            writeln!(
+                out,
+                "{:<52} {:<16} {:>4}  {:<28} SUBJECT",
+                "ID", "DATE (UTC)", "IOCS", "FROM"
+            )?;
+        }
         for message in &reply.messages {
             if limit != 0 && printed == limit {
+                out.flush()?;
+                eprintln!(
+                    "the newest {limit} are shown and more match: --limit N for more, --limit 0 for all"
+                );
                 return Ok(());
             }
             if as_json {
@@ -285,6 +280,9 @@ async fn list(
             printed += 1;
         }
         if reply.next_page_token.is_empty() {
+            if printed == 0 {
+                eprintln!("no message matches");
+            }
             return Ok(());
         }
         request.page_token = reply.next_page_token;
@@ -480,7 +478,7 @@ async fn export(
     filters: &Filters,
     page: u32,
 ) -> anyhow::Result<(Value, u32, u32)> {
-    let mut selection = filters.request()?;
+    let mut selection = filters.request();
     let mut objects: Vec<Value> = Vec::new();
     let mut ids: BTreeSet<String> = BTreeSet::new();
     let mut bundle_ids: Vec<String> = Vec::new();
@@ -657,7 +655,7 @@ impl Summary {
 
 /// Lists the selection and reads each message (a few at a time) into a [`Summary`].
 async fn summarize(client: &Client, filters: &Filters) -> anyhow::Result<Summary> {
-    let mut request = filters.request()?;
+    let mut request = filters.request();
     request.page_size = 1000;
     let mut ids = Vec::new();
     let mut lister = client.clone();
@@ -707,9 +705,26 @@ pub(crate) fn run(args: MailboxArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
+    let json = args.command.json();
     match runtime.block_on(run_command(args)) {
         Err(error) if client::is_broken_pipe(&error) => Ok(ExitCode::SUCCESS),
+        Err(error) if json => {
+            println!("{}", client::error_json(&error));
+            Err(error)
+        }
         other => other,
+    }
+}
+
+impl MailboxCommand {
+    /// Whether the output is JSON (`raw` and `export` write the message or the bundle).
+    fn json(&self) -> bool {
+        match self {
+            MailboxCommand::List { json, .. }
+            | MailboxCommand::Show { json, .. }
+            | MailboxCommand::Summary { json, .. } => *json,
+            MailboxCommand::Raw { .. } | MailboxCommand::Export { .. } => false,
+        }
     }
 }
 
@@ -728,7 +743,9 @@ async fn run_command(args: MailboxArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|s| rpc_error("GetMessage", s))?
                 .into_inner();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&message_json(&message))?);
+                let mut document = message_json(&message);
+                document["ok"] = Value::Bool(true);
+                println!("{}", serde_json::to_string_pretty(&document)?);
             } else {
                 show_text(&message)?;
             }
@@ -748,7 +765,9 @@ async fn run_command(args: MailboxArgs) -> anyhow::Result<ExitCode> {
         MailboxCommand::Summary { filters, top, json } => {
             let summary = summarize(&client, filters).await?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&summary.to_json(*top))?);
+                let mut document = summary.to_json(*top);
+                document["ok"] = Value::Bool(true);
+                println!("{}", serde_json::to_string_pretty(&document)?);
             } else {
                 summary.print(*top)?;
             }
@@ -777,13 +796,13 @@ mod tests {
 
     #[test]
     fn times_read_in_three_forms() {
-        assert_eq!(parse_time("since", "1714550400").ok(), Some(1_714_550_400));
-        assert_eq!(parse_time("since", "2024-05-01").ok(), Some(1_714_521_600));
+        assert_eq!(parse_time("1714550400").ok(), Some(1_714_550_400));
+        assert_eq!(parse_time("2024-05-01").ok(), Some(1_714_521_600));
         assert_eq!(
-            parse_time("since", "2024-05-01T10:00:00+02:00").ok(),
+            parse_time("2024-05-01T10:00:00+02:00").ok(),
             Some(1_714_550_400)
         );
-        assert!(parse_time("since", "yesterday").is_err());
+        assert!(parse_time("yesterday").is_err());
     }
 
     fn message(id: &str, folders: &[&str], indicators: &[(&str, &str)], tlp: &str) -> pb::Message {
