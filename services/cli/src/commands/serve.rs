@@ -62,6 +62,7 @@ impl ServeConfig {
         let file = file.or_else(|| env.get("THREATMAIL_CONFIG").map(PathBuf::from));
         let mut config: ServeConfig = threatmail_core::config::load(file.as_deref(), env)?;
         let mut problems = Vec::new();
+        config.wire_in_process_urls(targets);
         if let Err(error) = config.wire_in_process_callers(targets) {
             problems.push(format!("auth: {error}"));
         }
@@ -89,6 +90,32 @@ impl ServeConfig {
 }
 
 impl ServeConfig {
+    /// A caller's address of a service that runs in this process, left at its default,
+    /// follows that service's `listen` (so moving a port moves its callers too); an address
+    /// set in the configuration is left as it is.
+    fn wire_in_process_urls(&mut self, targets: &[Target]) {
+        let here = |target| runs(targets, target);
+        let defaults = (
+            threatmail_registry::Config::default(),
+            threatmail_fetcher::Config::default(),
+        );
+        if here(Target::TokenBroker) {
+            let broker = local_url(self.token_broker.listen);
+            if here(Target::Registry) && self.registry.broker_url == defaults.0.broker_url {
+                self.registry.broker_url.clone_from(&broker);
+            }
+            if here(Target::Fetcher) && self.fetcher.broker_url == defaults.1.broker_url {
+                self.fetcher.broker_url = broker;
+            }
+        }
+        if here(Target::Fetcher)
+            && here(Target::Registry)
+            && self.registry.fetcher_url == defaults.0.fetcher_url
+        {
+            self.registry.fetcher_url = local_url(self.fetcher.listen);
+        }
+    }
+
     /// Services of this process that call each other get a credential made for this run
     /// (kept in memory, never written) where neither side has one configured: the
     /// registry's for the broker's `TestCredentials` and the fetcher's `ListFolders`, the
@@ -132,6 +159,17 @@ fn wire<const N: usize>(
     }
     own.credential = Some(SecretString::from(credential.expose().to_owned()));
     Ok(())
+}
+
+/// How a service of this process reaches one listening at `listen` (a wildcard address by
+/// loopback).
+fn local_url(listen: std::net::SocketAddr) -> String {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
 }
 
 fn runs(targets: &[Target], target: Target) -> bool {
@@ -250,6 +288,38 @@ mod tests {
             ServeConfig::load(None, &env, &[Target::Fetcher, Target::Mailbox]).expect("loads");
         assert_eq!(config.fetcher.listen.port(), 6001);
         assert_eq!(config.mailbox.listen.port(), 6002);
+    }
+
+    #[test]
+    fn callers_follow_the_ports_of_services_in_the_same_process() {
+        let key = "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        let env: BTreeMap<String, String> = [
+            ("THREATMAIL_TOKEN_BROKER__LISTEN", "0.0.0.0:6102"),
+            ("THREATMAIL_FETCHER__LISTEN", "127.0.0.1:6103"),
+            ("THREATMAIL_REGISTRY__MASTER_KEY__KEY", key),
+            ("THREATMAIL_TOKEN_BROKER__MASTER_KEY__KEY", key),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let all = ServeConfig::load(None, &env, &[Target::All]).expect("loads");
+        assert_eq!(all.registry.broker_url, "http://127.0.0.1:6102");
+        assert_eq!(all.fetcher.broker_url, "http://127.0.0.1:6102");
+        assert_eq!(all.registry.fetcher_url, "http://127.0.0.1:6103");
+
+        // The broker elsewhere: the fetcher's address stays as configured (the default).
+        let fetcher = ServeConfig::load(None, &env, &[Target::Fetcher]).expect("loads");
+        assert_eq!(fetcher.fetcher.broker_url, "http://127.0.0.1:50052");
+
+        // An address given explicitly is kept.
+        let mut env = env;
+        env.insert(
+            "THREATMAIL_REGISTRY__BROKER_URL".to_owned(),
+            "http://broker.internal:50052".to_owned(),
+        );
+        let all = ServeConfig::load(None, &env, &[Target::All]).expect("loads");
+        assert_eq!(all.registry.broker_url, "http://broker.internal:50052");
+        assert_eq!(all.fetcher.broker_url, "http://127.0.0.1:6102");
     }
 
     #[test]
