@@ -37,6 +37,8 @@ type Intercepted = InterceptedService<Channel, ServiceInterceptor>;
 pub struct Upstreams {
     broker: TokenBrokerClient<Intercepted>,
     fetcher: FetcherClient<Intercepted>,
+    broker_url: String,
+    fetcher_url: String,
     has_credential: bool,
 }
 
@@ -68,6 +70,8 @@ impl Upstreams {
                 interceptor.clone(),
             ),
             fetcher: FetcherClient::with_interceptor(channel(fetcher_url, timeout)?, interceptor),
+            broker_url: broker_url.to_owned(),
+            fetcher_url: fetcher_url.to_owned(),
             has_credential: credential.is_some(),
         })
     }
@@ -92,6 +96,7 @@ impl Upstreams {
             .test_credentials(request)
             .await
             .map(tonic::Response::into_inner)
+            .map_err(|status| naming_url(status, &self.broker_url))
     }
 
     /// `GetToken`.
@@ -106,6 +111,7 @@ impl Upstreams {
             .get_token(request)
             .await
             .map(tonic::Response::into_inner)
+            .map_err(|status| naming_url(status, &self.broker_url))
     }
 
     /// The fetcher's `ListFolders`.
@@ -120,6 +126,19 @@ impl Upstreams {
             })
             .await
             .map(tonic::Response::into_inner)
+            .map_err(|status| naming_url(status, &self.fetcher_url))
+    }
+}
+
+/// A call that never reached the service (no answer of its own: no reason metadata) names
+/// the address it was made to, so a wrong `broker_url` or `fetcher_url` shows.
+fn naming_url(status: tonic::Status, url: &str) -> tonic::Status {
+    if status.code() == tonic::Code::Unavailable
+        && status.metadata().get("threatmail-reason").is_none()
+    {
+        tonic::Status::unavailable(format!("{} (calling {url})", status.message()))
+    } else {
+        status
     }
 }
 
@@ -137,5 +156,39 @@ pub fn upstream_error(service: &'static str, status: &tonic::Status) -> Registry
         },
         reason: reason_of(status),
         message: status.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broker that cannot be reached is named by its address; a broker's own answer is
+    /// passed on as it is.
+    #[tokio::test]
+    async fn a_call_that_reaches_nobody_names_the_address() {
+        // Nothing listens on a port just freed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let url = format!("http://127.0.0.1:{port}");
+        let credential = ServiceCredential::generate("registry").expect("credential");
+        let upstreams =
+            Upstreams::new(&url, &url, Some(&credential), Duration::from_secs(5)).expect("clients");
+        let status = upstreams
+            .get_token(pb::GetTokenRequest::default())
+            .await
+            .expect_err("nobody listens");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains(&url), "{}", status.message());
+
+        let mut answered = tonic::Status::unavailable("Entra ID is unreachable");
+        answered.metadata_mut().insert(
+            "threatmail-reason",
+            "entra.unreachable".parse().expect("ascii"),
+        );
+        let passed = naming_url(answered, &url);
+        assert_eq!(passed.message(), "Entra ID is unreachable");
     }
 }
