@@ -34,7 +34,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     let outcome = match cli.command {
         Command::Parse(args) => commands::parse::run(args),
         Command::Corpus(args) => commands::corpus::run(args),
@@ -58,4 +61,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Prints clap's error (or help) and exits as clap does; an empty value that came from a
+/// `TM_*` variable set to nothing gets a note naming it.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    if error.kind() == clap::error::ErrorKind::InvalidValue {
+        let empty: Vec<String> = std::env::vars_os()
+            .filter(|(name, value)| name.to_string_lossy().starts_with("TM_") && value.is_empty())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        if !empty.is_empty() {
+            eprintln!(
+                "note: {} set but empty: unset it or give it a value",
+                empty.join(", ")
+            );
+        }
+    }
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
 }
