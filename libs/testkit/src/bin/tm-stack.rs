@@ -133,11 +133,14 @@ async fn up(corpus: Option<&Path>) -> anyhow::Result<()> {
     let secret = stack.tenant().read(|f| {
         f.primary_app()
             .and_then(|app| app.secrets.first())
-            .map(|s| s.value.expose().to_owned())
+            .map(|s| (s.value.expose().to_owned(), s.expires))
     });
-    if let Some(secret) = secret {
+    if let Some((secret, expires)) = secret {
         write_private(&secret_file, &secret)?;
         println!("  client secret  in {} (mode 0600)", secret_file.display());
+        // The date the form's secret expiry field wants (`--secret-expires`).
+        let date = humantime::format_rfc3339_seconds(expires).to_string();
+        println!("  it expires     {}", &date[..10]);
     }
     println!("loaded {total} messages; press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
@@ -155,3 +158,4 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     file.write_all(text.as_bytes())?;
     Ok(())
 }
+
