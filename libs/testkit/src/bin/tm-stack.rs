@@ -158,4 +158,3 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     file.write_all(text.as_bytes())?;
     Ok(())
 }
-
