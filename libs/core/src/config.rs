@@ -149,8 +149,12 @@ fn unknown_field(message: &str) -> Option<&str> {
 }
 
 fn clean_message(message: &str) -> String {
-    // toml's messages can span lines; one line per problem reads better.
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    // toml's messages can span lines; one line per problem reads better. A value the
+    // message quotes may be a secret (a master key in the wrong place): it is left out.
+    crate::redact::values_in_message(message)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn typed_env_value(value: &str) -> toml::Value {
@@ -350,6 +354,25 @@ mod tests {
         assert!(text.contains("colour"), "{text}");
         assert!(text.contains("THREATMAIL_INNER__PORT"), "{text}");
         assert!(text.contains("THREATMAIL_BOGUS"), "{text}");
+    }
+
+    /// A string where a section belongs (a master key written straight in) is reported
+    /// without the string, which may be the secret.
+    #[test]
+    fn a_value_in_the_wrong_place_is_not_echoed() {
+        let key = "k1:QxY7HMatBvlJeiV94eaveomVqPcmfw61hwhj4q3HDw8=";
+        let file = write(&format!("inner = \"{key}\"\n"));
+        let from_file = load::<Sample>(Some(&file.0), &env(&[])).expect_err("a string");
+        let from_env =
+            load::<Sample>(None, &env(&[("THREATMAIL_INNER", key)])).expect_err("a string");
+        for error in [from_file, from_env] {
+            let text = error.to_string();
+            assert!(
+                text.contains("inner") && text.contains("not shown"),
+                "{text}"
+            );
+            assert!(!text.contains("QxY7"), "{text}");
+        }
     }
 
     #[test]

@@ -3,3 +3,4 @@
 
 pub mod config;
 pub mod mutf7;
+pub mod redact;

@@ -206,7 +206,10 @@ impl Config {
         if let Some(url) = &self.redis_url
             && let Err(error) = redis::Client::open(url.as_str())
         {
-            problems.push(format!("redis_url: {url:?} is not a Redis URL ({error})"));
+            problems.push(format!(
+                "redis_url: {:?} is not a Redis URL ({error})",
+                threatmail_core::redact::url(url)
+            ));
         }
         if tonic::transport::Endpoint::from_shared(self.broker_url.clone()).is_err()
             || !(self.broker_url.starts_with("http://") || self.broker_url.starts_with("https://"))

@@ -116,8 +116,18 @@ async fn scheduler(
         redis::Client::open(redis_url)?.get_connection_manager_with_config(redis_config),
     )
     .await
-    .with_context(|| format!("timed out connecting to redis at {redis_url}"))?
-    .with_context(|| format!("failed to connect to redis at {redis_url}"))?;
+    .with_context(|| {
+        format!(
+            "timed out connecting to redis at {}",
+            threatmail_core::redact::url(redis_url)
+        )
+    })?
+    .with_context(|| {
+        format!(
+            "failed to connect to redis at {}",
+            threatmail_core::redact::url(redis_url)
+        )
+    })?;
     let blobs = BlobStore::from_config(&config.blobs)?;
     let broker = match config.auth.own_credential()? {
         Some(credential) => Some(Broker::new(

@@ -49,8 +49,18 @@ pub async fn run(
         redis::Client::open(config.redis_url.as_str())?.get_connection_manager(),
     )
     .await
-    .with_context(|| format!("timed out connecting to redis at {}", config.redis_url))?
-    .with_context(|| format!("failed to connect to redis at {}", config.redis_url))?;
+    .with_context(|| {
+        format!(
+            "timed out connecting to redis at {}",
+            threatmail_core::redact::url(&config.redis_url)
+        )
+    })?
+    .with_context(|| {
+        format!(
+            "failed to connect to redis at {}",
+            threatmail_core::redact::url(&config.redis_url)
+        )
+    })?;
     let store = Store::new(conn.clone(), blobs);
     let drainer = tokio::spawn(drain_outboxes(
         store.clone(),

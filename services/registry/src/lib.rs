@@ -72,8 +72,18 @@ pub async fn run(
         redis::Client::open(config.redis_url.as_str())?.get_connection_manager(),
     )
     .await
-    .with_context(|| format!("timed out connecting to redis at {}", config.redis_url))?
-    .with_context(|| format!("failed to connect to redis at {}", config.redis_url))?;
+    .with_context(|| {
+        format!(
+            "timed out connecting to redis at {}",
+            threatmail_core::redact::url(&config.redis_url)
+        )
+    })?
+    .with_context(|| {
+        format!(
+            "failed to connect to redis at {}",
+            threatmail_core::redact::url(&config.redis_url)
+        )
+    })?;
     let api_keys = RedisApiKeys::new(conn.clone());
     let registry = Registry::new(SourceStore::new(conn), keyring, upstreams);
     let authenticator = Authenticator::new(services, Some(Arc::new(api_keys.clone())));

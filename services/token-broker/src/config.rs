@@ -326,7 +326,7 @@ impl Config {
         if let Err(error) = redis::Client::open(self.redis_url.as_str()) {
             problems.push(format!(
                 "redis_url: {:?} is not a Redis URL ({error})",
-                self.redis_url
+                threatmail_core::redact::url(&self.redis_url)
             ));
         }
         let cache = &self.cache;

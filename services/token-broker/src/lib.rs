@@ -82,8 +82,18 @@ pub async fn run(
         redis::Client::open(config.redis_url.as_str())?.get_connection_manager(),
     )
     .await
-    .with_context(|| format!("timed out connecting to redis at {}", config.redis_url))?
-    .with_context(|| format!("failed to connect to redis at {}", config.redis_url))?;
+    .with_context(|| {
+        format!(
+            "timed out connecting to redis at {}",
+            threatmail_core::redact::url(&config.redis_url)
+        )
+    })?
+    .with_context(|| {
+        format!(
+            "failed to connect to redis at {}",
+            threatmail_core::redact::url(&config.redis_url)
+        )
+    })?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = RedisStore::new(conn.clone(), Arc::clone(&keyring), Arc::clone(&clock));
     let cache = TokenCache::new(store, Arc::clone(&clock), config.cache.policy());

@@ -231,6 +231,14 @@ fn redis_url(
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<String> {
     if let Some(url) = flag {
+        anyhow::ensure!(
+            threatmail_core::redact::url(url) == url,
+            super::secret_input::UsageError(
+                "--redis-url holds a password, which other users see in the process list: \
+                 treat it as exposed, and give the URL in the registry's --config file or \
+                 THREATMAIL_REGISTRY__REDIS_URL instead"
+            )
+        );
         return Ok(url.to_owned());
     }
     for name in ["THREATMAIL_REDIS_URL", "THREATMAIL_REGISTRY__REDIS_URL"] {
@@ -271,17 +279,26 @@ async fn bootstrap(create: &CreateArgs, json: bool) -> anyhow::Result<()> {
         );
     }
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let url = redis_url(create.redis_url.as_deref(), create.config.as_deref(), &env)?;
-    let client = redis::Client::open(url.as_str())
+    let secret_url = redis_url(create.redis_url.as_deref(), create.config.as_deref(), &env)?;
+    // The URL as it may be printed (its password, if any, hidden).
+    let url = threatmail_core::redact::url(&secret_url);
+    let client = redis::Client::open(secret_url.as_str())
         .with_context(|| format!("{url:?} is not a Redis URL (redis://host:port/)"))?;
     let conn = tokio::time::timeout(REDIS_TIMEOUT, client.get_connection_manager())
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to the registry's Redis at {url}"))?
         .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the registry's Redis at {url} ({e}): start it, or give its URL \
-                 with --redis-url or the registry's --config file"
-            )
+            if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                anyhow::anyhow!(
+                    "the registry's Redis at {url} refused the user or password ({e}): use the \
+                     registry's own redis_url"
+                )
+            } else {
+                anyhow::anyhow!(
+                    "cannot reach the registry's Redis at {url} ({e}): start it, or give its \
+                     URL with --redis-url or the registry's --config file"
+                )
+            }
         })?;
     let keys = RedisApiKeys::new(conn);
     let existing = keys

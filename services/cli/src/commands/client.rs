@@ -72,10 +72,7 @@ pub(crate) fn api_key(
     role: &str,
 ) -> anyhow::Result<String> {
     let key = match (file, inline) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .with_context(|| format!("failed to read the API key file {}", path.display()))?
-            .trim()
-            .to_owned(),
+        (Some(path), _) => read_key_file(path)?,
         (None, Some(key)) => key.trim().to_owned(),
         (None, None) => anyhow::bail!(
             "an API key is needed: --api-key-file FILE, TM_API_KEY_FILE or TM_API_KEY (an admin \
@@ -86,6 +83,39 @@ pub(crate) fn api_key(
         anyhow::bail!("the API key is empty: put the key (tmk1.…) in the file or variable");
     }
     Ok(key)
+}
+
+/// The key in the file at `path`: one line. A "path" that is a key itself is refused
+/// without being printed; a file others may read is used, with a warning.
+fn read_key_file(path: &Path) -> anyhow::Result<String> {
+    let name = path.to_string_lossy();
+    if !path.exists() && (name.starts_with("tmk1.") || name.starts_with("tms1.")) {
+        return Err(super::secret_input::UsageError(
+            "--api-key-file takes the path of a file holding the key, and this is a key itself: \
+             treat it as exposed (other users see arguments in the process list), revoke it, \
+             and put the new one in a file",
+        )
+        .into());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the API key file {}", path.display()))?;
+    let key = text.trim();
+    anyhow::ensure!(
+        key.lines().count() <= 1,
+        "the API key file {} holds more than one line: put only the key (tmk1.…) in it",
+        path.display()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            eprintln!(
+                "warning: the API key file {} can be read by other users: chmod 600 it",
+                path.display()
+            );
+        }
+    }
+    Ok(key.to_owned())
 }
 
 /// The interceptor presenting `key`.
