@@ -300,7 +300,73 @@ async fn bootstrap(create: &CreateArgs, json: bool) -> anyhow::Result<()> {
                 )
             }
         })?;
-    let keys = RedisApiKeys::new(conn);
+    // Concurrent bootstraps: one at a time, so the check below and the key it allows are
+    // one step (two admin keys were made when four ran at once).
+    let lock = BootstrapLock::take(conn.clone(), &url).await?;
+    let made = bootstrap_locked(create, json, RedisApiKeys::new(conn), &url).await;
+    lock.release().await;
+    made
+}
+
+/// Held while a bootstrap checks for an admin key and makes one.
+struct BootstrapLock {
+    conn: redis::aio::ConnectionManager,
+    token: String,
+}
+
+/// The lock's key; it lapses by itself should the holder die.
+const BOOTSTRAP_LOCK: &str = "tm:apikeys:bootstrap";
+
+impl BootstrapLock {
+    async fn take(mut conn: redis::aio::ConnectionManager, url: &str) -> anyhow::Result<Self> {
+        let token = format!("{}-{}", std::process::id(), rand_token());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(BOOTSTRAP_LOCK)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000)
+                .query_async(&mut conn)
+                .await
+                .with_context(|| format!("failed to take the bootstrap lock in {url}"))?;
+            if taken.is_some() {
+                return Ok(Self { conn, token });
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "another bootstrap has held {BOOTSTRAP_LOCK} in {url} for 10 s: try again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn release(mut self) {
+        let _: Result<i64, _> = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key(BOOTSTRAP_LOCK)
+        .arg(&self.token)
+        .invoke_async(&mut self.conn)
+        .await;
+    }
+}
+
+/// A few random hex digits (std's randomly keyed hasher), telling lock holders apart.
+fn rand_token() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    format!("{:016x}", hasher.finish())
+}
+
+async fn bootstrap_locked(
+    create: &CreateArgs,
+    json: bool,
+    keys: RedisApiKeys,
+    url: &str,
+) -> anyhow::Result<()> {
     let existing = keys
         .list()
         .await

@@ -846,6 +846,54 @@ async fn an_unreachable_registry_says_which_url_and_how_to_start_it() -> anyhow:
     Ok(())
 }
 
+/// Bootstraps run at once make one admin key: the others are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bootstraps_make_one_admin_key() -> anyhow::Result<()> {
+    let h = Harness::start(false).await?;
+    let redis = h.stack.redis.url();
+    let bootstrap = |name: &'static str| {
+        let redis = redis.clone();
+        let h = &h;
+        async move {
+            h.run_with(
+                &[
+                    "apikey",
+                    "create",
+                    "--bootstrap",
+                    "--redis-url",
+                    &redis,
+                    "--name",
+                    name,
+                    "--role",
+                    "admin",
+                ],
+                None,
+                &[],
+            )
+            .await
+        }
+    };
+    let (a, b, c, d) = tokio::join!(
+        bootstrap("race 0"),
+        bootstrap("race 1"),
+        bootstrap("race 2"),
+        bootstrap("race 3")
+    );
+    let codes: Vec<i32> = [a?, b?, c?, d?].iter().map(|run| run.code).collect();
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 1).count(), 3, "{codes:?}");
+    let keys =
+        threatmail_auth::api_key::RedisApiKeys::new(h.stack.redis.connection_manager().await?);
+    let admins = keys
+        .list()
+        .await?
+        .into_iter()
+        .filter(|k| !k.revoked && k.roles.grants(threatmail_auth::Role::Admin))
+        .count();
+    assert_eq!(admins, 1);
+    h.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apikeys_bootstrap_create_list_revoke() -> anyhow::Result<()> {
     let h = Harness::start(false).await?;
