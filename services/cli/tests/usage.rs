@@ -1,5 +1,6 @@
-//! Usage errors: exit 2 with clap's message, and a note naming a `TM_*` variable that is set
-//! but empty when that is where the empty value came from.
+//! How commands take what they are given, with no server: usage errors (exit 2, and a note
+//! naming a `TM_*` variable set but empty), keys and passwords given the wrong way, `parse`'s
+//! input (standard input, a size limit) and a reader that stops early (`… | head`).
 
 use std::process::Command;
 
@@ -106,4 +107,105 @@ fn key_files_are_checked() -> anyhow::Result<()> {
     assert!(stderr.contains("more than one line"), "{stderr}");
     assert!(!stderr.contains("can be read by other users"), "{stderr}");
     Ok(())
+}
+
+fn sample() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/mail")
+}
+
+/// `parse -` reads standard input; a file over `--max-bytes` is refused, naming the limit,
+/// and the other files are still parsed (exit 1).
+#[test]
+fn parse_reads_stdin_and_refuses_what_is_over_the_limit() -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_threatmail"))
+        .args(["parse", "-", "--compact", "--summary-only"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"Subject: hi\r\n\r\nsee http://198.51.100.9/x\r\n")?;
+    let output = child.wait_with_output()?;
+    assert!(output.status.success());
+    let record: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(record["file"], "-");
+    assert_eq!(record["summary"]["ipv4"][0], "198.51.100.9");
+
+    let dir = tempfile::tempdir()?;
+    let big = dir.path().join("big.eml");
+    std::fs::write(&big, vec![b'a'; 5000])?;
+    let small = dir.path().join("small.eml");
+    std::fs::write(&small, b"Subject: s\r\n\r\nbody\r\n")?;
+    let output = threatmail(&[
+        "parse",
+        "--max-bytes",
+        "4096",
+        "--compact",
+        big.to_str().unwrap_or_default(),
+        small.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8(output.stderr)?.contains("4096-byte limit"));
+    assert_eq!(
+        String::from_utf8(output.stdout)?.lines().count(),
+        1,
+        "the small one"
+    );
+    Ok(())
+}
+
+/// A reader that stops early is no failure of `parse` or `corpus text`.
+#[test]
+fn a_reader_that_stops_early_is_no_failure() -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(sample())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    // Far more output than a pipe holds, so the writer meets the closed pipe.
+    let dir = tempfile::tempdir()?;
+    let mut many = Vec::new();
+    for (n, file) in files.iter().cycle().take(400).enumerate() {
+        let copy = dir.path().join(format!("{n}.eml"));
+        std::fs::copy(file, &copy)?;
+        many.push(copy);
+    }
+    for args in [
+        vec!["parse".to_owned()],
+        vec!["corpus".to_owned(), "text".to_owned()],
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_threatmail"));
+        command.args(&args);
+        if args[0] == "parse" {
+            command.args(&many);
+        } else {
+            command.arg(dir.path());
+        }
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut first = [0u8; 64];
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_exact(&mut first)?;
+        // The pipe's reading end is closed here, as `head` does.
+        let output = child.wait_with_output()?;
+        let stderr = String::from_utf8(output.stderr)?;
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
+/// A threshold outside 0..1 is a usage error.
+#[test]
+fn score_thresholds_are_fractions() {
+    let output = threatmail(&["corpus", "score", ".", "--min-precision", "1.5"]);
+    assert_eq!(output.status.code(), Some(2));
 }

@@ -54,16 +54,16 @@ struct ScoreArgs {
     /// A labelled folder: NAME.eml next to NAME.expected.json.
     dir: PathBuf,
     /// Exit non-zero if overall precision is below this.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     min_precision: f64,
     /// Exit non-zero if overall recall is below this.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     min_recall: f64,
     /// Exit non-zero if more `not_iocs` entries than this are found.
     #[arg(long)]
     max_trap_hits: Option<usize>,
     /// Exit non-zero if fewer messages than this fraction have the right TLP.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     min_tlp_accuracy: f64,
     /// Also print each message's false positives, misses and mismatching fields.
     #[arg(long, short)]
@@ -80,11 +80,24 @@ struct TextArgs {
     dirs: Vec<PathBuf>,
 }
 
+/// A fraction from 0 to 1 (a threshold of precision, recall or accuracy).
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err("a fraction from 0 to 1, such as 0.98".to_owned()),
+    }
+}
+
 pub(crate) fn run(args: CorpusArgs) -> anyhow::Result<ExitCode> {
-    match args.command {
+    let outcome = match args.command {
         CorpusCommand::Stats(args) => stats(args),
         CorpusCommand::Score(args) => score(args),
         CorpusCommand::Text(args) => text(args),
+    };
+    match outcome {
+        // `… | head`: the reader has what it wanted.
+        Err(error) if super::client::is_broken_pipe(&error) => Ok(ExitCode::SUCCESS),
+        other => other,
     }
 }
 
