@@ -596,10 +596,16 @@ fn scan_refanged(refanged: &Refanged<'_>, origins: &dyn OriginAt, out: &mut Coll
     let has_colon = memchr_contains(text, b':');
 
     // 1. URLs: everything inside one is part of it, except its host (README rule 3).
-    for m in URL.find_iter(text) {
+    let mut from = 0;
+    while let Some(m) = URL.find_at(text, from) {
         out.stats.candidates += 1;
         let start = m.start();
-        if char_before(text.as_bytes(), start).is_some_and(|c| c.is_ascii_alphanumeric()) {
+        // A match running on past a line break written out (`\n`) holds another URL after
+        // it, perhaps: the rest is searched again.
+        from = urls::escape_at(m.as_str()).map_or(m.end(), |cut| start + cut + 2);
+        if char_before(text.as_bytes(), start).is_some_and(|c| c.is_ascii_alphanumeric())
+            && !urls::ends_with_escape(&text[..start])
+        {
             continue;
         }
         let end = start + urls::trim_end(m.as_str());
@@ -1140,6 +1146,14 @@ mod tests {
             ),
             ("xhttps://nope.example.com/", &[]),
             ("https://localhost/x", &[]),
+            // Line breaks written out as escapes, as a broken template leaves them.
+            (
+                r"Join Now - https://criches.example.com/dcf8a9d06\n\nhttps://sirv.example.org/b?x=1\n",
+                &[
+                    "https://criches.example.com/dcf8a9d06",
+                    "https://sirv.example.org/b?x=1",
+                ],
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(values(text, IndicatorKind::Url), *expected, "{text}");

@@ -19,10 +19,12 @@ pub(crate) struct NormalUrl {
 const MAX_UNWRAP: usize = 3;
 
 /// The end (exclusive byte offset) of a URL candidate once trailing punctuation is dropped:
-/// `.`, `,`, `;`, `:`, `!`, `?`, and a `)`, `]` or `}` without its opening partner in the URL.
+/// `.`, `,`, `;`, `:`, `!`, `?`, `\`, and a `)`, `]` or `}` without its opening partner in
+/// the URL. A line break or tab written out as an escape (`\n`, `\r`, `\t`, as templates
+/// and JSON strings leave them in mail) ends the URL like the whitespace it stands for.
 /// Linear: bracket counts are taken once, then updated as characters are dropped.
 pub(crate) fn trim_end(candidate: &str) -> usize {
-    let bytes = candidate.as_bytes();
+    let bytes = &candidate.as_bytes()[..escape_at(candidate).unwrap_or(candidate.len())];
     let count = |b: u8| bytes.iter().filter(|&&c| c == b).count();
     let open = [count(b'('), count(b'['), count(b'{')];
     let mut close = [count(b')'), count(b']'), count(b'}')];
@@ -37,7 +39,7 @@ pub(crate) fn trim_end(candidate: &str) -> usize {
         };
         let drop = match pair {
             Some(i) => close[i] > open[i],
-            None => matches!(b, b'.' | b',' | b';' | b':' | b'!' | b'?'),
+            None => matches!(b, b'.' | b',' | b';' | b':' | b'!' | b'?' | b'\\'),
         };
         if !drop {
             break;
@@ -48,6 +50,22 @@ pub(crate) fn trim_end(candidate: &str) -> usize {
         end -= 1;
     }
     end
+}
+
+/// Where the first line break or tab written out as an escape (`\n`, `\r`, `\t`) starts.
+pub(crate) fn escape_at(text: &str) -> Option<usize> {
+    text.as_bytes()
+        .windows(2)
+        .position(|pair| is_escape(pair[0], pair[1]))
+}
+
+/// Whether `text` ends with such an escape.
+pub(crate) fn ends_with_escape(text: &str) -> bool {
+    matches!(text.as_bytes(), [.., a, b] if is_escape(*a, *b))
+}
+
+fn is_escape(backslash: u8, letter: u8) -> bool {
+    backslash == b'\\' && matches!(letter, b'n' | b'r' | b't')
 }
 
 /// Normalises a URL written in text (already refanged and trimmed); unwraps Safe Links.
@@ -188,6 +206,15 @@ mod tests {
             ("https://a.example.com/x?!;:", "https://a.example.com/x"),
             ("https://a.example.com/[x]]", "https://a.example.com/[x]"),
             ("https://a.example.com/)))", "https://a.example.com/"),
+            // Escapes written out: the URL ends where the line break would be.
+            (
+                r"https://criches.example/dcf8a9d06\n\nJoin",
+                "https://criches.example/dcf8a9d06",
+            ),
+            (r"https://a.example.com/x\r\n", "https://a.example.com/x"),
+            (r"https://a.example.com/x\tnext", "https://a.example.com/x"),
+            (r"https://a.example.com/x\", "https://a.example.com/x"),
+            (r"https://a.example.com/a\b", r"https://a.example.com/a\b"),
         ];
         for (input, expected) in cases {
             assert_eq!(&input[..trim_end(input)], expected, "{input}");
