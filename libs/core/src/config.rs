@@ -56,7 +56,20 @@ pub fn load<T: DeserializeOwned>(
                 ConfigError::one(format!("failed to read {}: {error}", path.display()))
             })?;
             let table = text.parse::<toml::Table>().map_err(|error| {
-                ConfigError::one(format!("{}: {}", path.display(), error.message()))
+                // The line, never its text (it may hold a secret).
+                let line = error.span().map(|span| {
+                    text.as_bytes()[..span.start.min(text.len())]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
+                });
+                let at = line.map(|n| format!(" (line {n})")).unwrap_or_default();
+                ConfigError::one(format!(
+                    "{}{at}: {}",
+                    path.display(),
+                    clean_message(error.message())
+                ))
             })?;
             (table, path.display().to_string())
         }
@@ -383,5 +396,8 @@ mod tests {
         let bad = write("name = ");
         let error = load::<Sample>(Some(&bad.0), &env(&[])).expect_err("bad toml");
         assert!(error.to_string().contains("tm-config-"), "{error}");
+        let duplicate = write("name = \"a\"\n\n[inner]\nport = 1\nport = 2\n");
+        let error = load::<Sample>(Some(&duplicate.0), &env(&[])).expect_err("duplicate key");
+        assert!(error.to_string().contains("(line 5)"), "{error}");
     }
 }

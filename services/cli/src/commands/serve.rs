@@ -195,16 +195,22 @@ async fn serve(config: ServeConfig, targets: Vec<Target>) -> anyhow::Result<Exit
     let mut tasks = tokio::task::JoinSet::new();
     // Bind every listener before starting anything, so a taken port fails the whole start.
     let mut bound = Vec::new();
-    for (target, addr) in [
-        (Target::Registry, config.registry.listen),
-        (Target::TokenBroker, config.token_broker.listen),
-        (Target::Fetcher, config.fetcher.listen),
-        (Target::Mailbox, config.mailbox.listen),
+    for (target, section, addr) in [
+        (Target::Registry, "registry", config.registry.listen),
+        (
+            Target::TokenBroker,
+            "token_broker",
+            config.token_broker.listen,
+        ),
+        (Target::Fetcher, "fetcher", config.fetcher.listen),
+        (Target::Mailbox, "mailbox", config.mailbox.listen),
     ] {
         if runs(&targets, target) {
             let listener = TcpListener::bind(addr).await.map_err(|error| {
                 anyhow::anyhow!(
-                    "failed to listen on {addr} for {target:?}: {error} (set its `listen` to a free address)"
+                    "failed to listen on {addr} for {section}.listen: {error} (set it, or \
+                     THREATMAIL_{}__LISTEN, to a free address)",
+                    section.to_ascii_uppercase()
                 )
             })?;
             bound.push((target, listener));
