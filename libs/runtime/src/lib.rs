@@ -208,10 +208,59 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// How long a service waits for Redis at start.
+pub const REDIS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection manager to the Redis at `url` with `config`, or an error naming the URL (its
+/// password hidden) and the setting to check.
+pub async fn connect_redis(
+    url: &str,
+    config: redis::aio::ConnectionManagerConfig,
+) -> anyhow::Result<redis::aio::ConnectionManager> {
+    use anyhow::Context as _;
+    let shown = threatmail_core::redact::url(url);
+    let client = redis::Client::open(url)
+        .with_context(|| format!("redis_url {shown:?} is not a Redis URL"))?;
+    tokio::time::timeout(
+        REDIS_CONNECT_TIMEOUT,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .with_context(|| format!("timed out connecting to redis at {shown} (check redis_url)"))?
+    .with_context(|| format!("failed to connect to redis at {shown} (check redis_url)"))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use tokio_stream::StreamExt as _;
+
+    /// A Redis that is not there: the error names the URL without its password, and the
+    /// setting.
+    #[tokio::test]
+    async fn an_unreachable_redis_is_named_without_its_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let url = format!("redis://:s3cretpass@127.0.0.1:{port}/");
+        let error = super::connect_redis(
+            &url,
+            redis::aio::ConnectionManagerConfig::new().set_number_of_retries(0),
+        )
+        .await
+        .err()
+        .unwrap();
+        let text = format!("{error:#}");
+        assert!(
+            text.contains(&format!("redis://:***@127.0.0.1:{port}/")),
+            "{text}"
+        );
+        assert!(
+            text.contains("redis_url") && !text.contains("s3cretpass"),
+            "{text}"
+        );
+    }
 
     use super::*;
 

@@ -23,7 +23,6 @@ pub mod session;
 pub mod sync;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use config::Config;
 
@@ -40,9 +39,6 @@ use crate::broker::Broker;
 use crate::connections::ConnectionSlots;
 use crate::scheduler::{Scheduler, SchedulerParts};
 use crate::session::SessionParts;
-
-/// How long Redis may take to answer at start-up.
-const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the fetcher service on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -110,24 +106,8 @@ async fn scheduler(
     // would turn it into an unknown outcome (safe to retry, but wasted work).
     let redis_config = redis::aio::ConnectionManagerConfig::new()
         .set_response_timeout(Some(config.imap.command_timeout))
-        .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT));
-    let conn = tokio::time::timeout(
-        REDIS_CONNECT_TIMEOUT,
-        redis::Client::open(redis_url)?.get_connection_manager_with_config(redis_config),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "timed out connecting to redis at {}",
-            threatmail_core::redact::url(redis_url)
-        )
-    })?
-    .with_context(|| {
-        format!(
-            "failed to connect to redis at {}",
-            threatmail_core::redact::url(redis_url)
-        )
-    })?;
+        .set_connection_timeout(Some(threatmail_runtime::REDIS_CONNECT_TIMEOUT));
+    let conn = threatmail_runtime::connect_redis(redis_url, redis_config).await?;
     let blobs = BlobStore::from_config(&config.blobs)?;
     let broker = match config.auth.own_credential()? {
         Some(credential) => Some(Broker::new(

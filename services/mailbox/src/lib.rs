@@ -21,7 +21,6 @@ pub mod stix;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 pub use config::Config;
 use threatmail_auth::{AuthLayer, Authenticator, RedisApiKeys};
 use threatmail_proto::v1::mailbox_server::MailboxServer;
@@ -31,8 +30,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Layer as _;
 
-/// How long Redis may take to answer at start-up.
-const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest reply (an export bundle) the server sends.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
@@ -44,23 +41,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let services = config.auth.service_credentials()?;
     let blobs = BlobStore::from_config(&config.blobs)?;
-    let conn = tokio::time::timeout(
-        REDIS_CONNECT_TIMEOUT,
-        redis::Client::open(config.redis_url.as_str())?.get_connection_manager(),
+    let conn = threatmail_runtime::connect_redis(
+        &config.redis_url,
+        redis::aio::ConnectionManagerConfig::new(),
     )
-    .await
-    .with_context(|| {
-        format!(
-            "timed out connecting to redis at {}",
-            threatmail_core::redact::url(&config.redis_url)
-        )
-    })?
-    .with_context(|| {
-        format!(
-            "failed to connect to redis at {}",
-            threatmail_core::redact::url(&config.redis_url)
-        )
-    })?;
+    .await?;
     let store = Store::new(conn.clone(), blobs);
     let drainer = tokio::spawn(drain_outboxes(
         store.clone(),

@@ -25,9 +25,7 @@ pub mod test_source;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
 pub use config::Config;
 use threatmail_auth::{AuthLayer, Authenticator, RedisApiKeys};
 use threatmail_proto::v1::registry_server::RegistryServer;
@@ -38,9 +36,6 @@ use tower::Layer as _;
 
 use crate::registry::Registry;
 use crate::upstream::Upstreams;
-
-/// How long Redis may take to answer at start-up.
-const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the registry service on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -67,23 +62,11 @@ pub async fn run(
         own.as_ref(),
         config.upstream_timeout,
     )?;
-    let conn = tokio::time::timeout(
-        REDIS_CONNECT_TIMEOUT,
-        redis::Client::open(config.redis_url.as_str())?.get_connection_manager(),
+    let conn = threatmail_runtime::connect_redis(
+        &config.redis_url,
+        redis::aio::ConnectionManagerConfig::new(),
     )
-    .await
-    .with_context(|| {
-        format!(
-            "timed out connecting to redis at {}",
-            threatmail_core::redact::url(&config.redis_url)
-        )
-    })?
-    .with_context(|| {
-        format!(
-            "failed to connect to redis at {}",
-            threatmail_core::redact::url(&config.redis_url)
-        )
-    })?;
+    .await?;
     let api_keys = RedisApiKeys::new(conn.clone());
     let registry = Registry::new(SourceStore::new(conn), keyring, upstreams);
     let authenticator = Authenticator::new(services, Some(Arc::new(api_keys.clone())));

@@ -39,9 +39,6 @@ use crate::cache::redis::RedisStore;
 use crate::clock::{Clock, SystemClock};
 use crate::entra::{ClientSettings, EntraClient};
 
-/// How long Redis may take to answer at start-up.
-const REDIS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Serves the token broker service on `listener` until `shutdown` is cancelled.
 ///
 /// If this future is dropped (the process dies, or a test aborts the task), in-flight
@@ -77,23 +74,11 @@ pub async fn run(
         connect_timeout: config.entra.connect_timeout,
         request_timeout: config.entra.request_timeout,
     })?;
-    let conn = tokio::time::timeout(
-        REDIS_CONNECT_TIMEOUT,
-        redis::Client::open(config.redis_url.as_str())?.get_connection_manager(),
+    let conn = threatmail_runtime::connect_redis(
+        &config.redis_url,
+        redis::aio::ConnectionManagerConfig::new(),
     )
-    .await
-    .with_context(|| {
-        format!(
-            "timed out connecting to redis at {}",
-            threatmail_core::redact::url(&config.redis_url)
-        )
-    })?
-    .with_context(|| {
-        format!(
-            "failed to connect to redis at {}",
-            threatmail_core::redact::url(&config.redis_url)
-        )
-    })?;
+    .await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = RedisStore::new(conn.clone(), Arc::clone(&keyring), Arc::clone(&clock));
     let cache = TokenCache::new(store, Arc::clone(&clock), config.cache.policy());
