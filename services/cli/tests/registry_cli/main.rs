@@ -404,6 +404,21 @@ async fn add_prints_the_tree_then_folders_list_show_update_rm() -> anyhow::Resul
     h.stop().await
 }
 
+/// `source add --json` of the fixture's source "Phishing reports" with `secret`: its id and
+/// the JSON answer.
+async fn add_phishing_reports(h: &Harness, secret: &str) -> anyhow::Result<(String, Value)> {
+    let form = h.form("Phishing reports");
+    let mut args: Vec<&str> = vec!["source", "add"];
+    args.extend(form.iter().map(String::as_str));
+    args.push("--json");
+    let added = h.run(&args, Some(secret)).await?.expect(0).json();
+    let id = added["source"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((id, added))
+}
+
 /// `source secret` asks Entra ID for a token with the new value before saving it: a wrong
 /// value (current or next) is refused with Entra's cause and nothing changes, so syncing
 /// goes on with the secret that works; `--no-test` saves without asking.
@@ -411,15 +426,7 @@ async fn add_prints_the_tree_then_folders_list_show_update_rm() -> anyhow::Resul
 async fn a_secret_entra_refuses_is_not_saved() -> anyhow::Result<()> {
     let h = Harness::start(true).await?;
     let secret = h.secret();
-    let form = h.form("Phishing reports");
-    let mut args: Vec<&str> = vec!["source", "add"];
-    args.extend(form.iter().map(String::as_str));
-    args.push("--json");
-    let added = h.run(&args, Some(&secret)).await?.expect(0).json();
-    let id = added["source"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let (id, added) = add_phishing_reports(&h, &secret).await?;
     let version = added["source"]["version"].clone();
 
     let wrong = "Wr0ng~next-secret-value-entra-refuses";
@@ -494,15 +501,7 @@ async fn a_secret_entra_refuses_is_not_saved() -> anyhow::Result<()> {
 async fn changes_to_how_a_source_logs_in_are_tested_before_saving() -> anyhow::Result<()> {
     let h = Harness::start(true).await?;
     let secret = h.secret();
-    let form = h.form("Phishing reports");
-    let mut args: Vec<&str> = vec!["source", "add"];
-    args.extend(form.iter().map(String::as_str));
-    args.push("--json");
-    let added = h.run(&args, Some(&secret)).await?.expect(0).json();
-    let id = added["source"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let (id, added) = add_phishing_reports(&h, &secret).await?;
     let version = |shown: &serde_json::Value| shown["source"]["version"].clone();
     let show_args = ["source", "show", id.as_str(), "--json"];
     let show = || h.run(&show_args, None);

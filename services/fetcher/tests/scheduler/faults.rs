@@ -509,6 +509,19 @@ async fn a_stalled_command_times_out_and_the_sync_resumes() -> anyhow::Result<()
     harness.stop().await
 }
 
+/// Waits until `folder`'s sync has committed its first batches (the checkpoint at UID 2).
+async fn under_way(harness: &Harness, id: &SourceId, folder: &str) -> anyhow::Result<()> {
+    threatmail_testkit::net::wait_for(
+        &format!("{folder}'s sync to be under way"),
+        Duration::from_secs(30),
+        || async {
+            let checkpoint = harness.store.checkpoint(id, folder).await.ok().flatten()?;
+            (checkpoint.last_uid >= 2).then_some(())
+        },
+    )
+    .await
+}
+
 /// A folder deselected while its bodies are being fetched: its sync stops there, and the
 /// folder after it in the same round, on the same mailbox, syncs completely with no error,
 /// on a session the interrupted command's answer cannot confuse.
@@ -525,16 +538,7 @@ async fn a_folder_deselected_mid_fetch_leaves_the_next_folder_intact() -> anyhow
     let mut config = harness.fetcher_config("fetcher-a");
     config.sync.batch_messages = 2;
     harness.spawn_fetcher(config).await?;
-    let store = &harness.store;
-    threatmail_testkit::net::wait_for(
-        "Alpha's sync to be under way",
-        Duration::from_secs(30),
-        || async {
-            let checkpoint = store.checkpoint(&id, "Alpha").await.ok().flatten()?;
-            (checkpoint.last_uid >= 2).then_some(())
-        },
-    )
-    .await?;
+    under_way(&harness, &id, "Alpha").await?;
     let version = harness.version(&id).await?;
     harness.select(&id, version, &["Beta"], &["Alpha"]).await?;
     let (beta, seen_errors) = harness
@@ -590,20 +594,7 @@ async fn a_hold_set_mid_sync_stops_the_fetches_until_it_ends() -> anyhow::Result
     let mut config = harness.fetcher_config("fetcher-a");
     config.sync.batch_messages = 2;
     harness.spawn_fetcher(config).await?;
-    let store = &harness.store;
-    threatmail_testkit::net::wait_for(
-        "the sync to be under way",
-        Duration::from_secs(30),
-        || async {
-            let checkpoint = store
-                .checkpoint(&id, "Phish Reports")
-                .await
-                .ok()
-                .flatten()?;
-            (checkpoint.last_uid >= 2).then_some(())
-        },
-    )
-    .await?;
+    under_way(&harness, &id, "Phish Reports").await?;
     // As another fetcher does when Exchange throttles it.
     ConnectionSlots::new(harness.stack.redis.connection_manager().await?)
         .hold_mailbox(PHISH_MAILBOX, hold, "fetcher-z")
