@@ -95,6 +95,19 @@ pub async fn list(keys: &RedisApiKeys) -> Result<pb::ListApiKeysResponse> {
 /// Revokes key `id`.
 pub async fn revoke(keys: &RedisApiKeys, id: &str) -> Result<pb::RevokeApiKeyResponse> {
     let id = id.trim();
+    // The last admin key stays: without one, only a bootstrap in Redis gives keys again.
+    let listed = keys
+        .list()
+        .await
+        .map_err(|e| RegistryError::ApiKeys(e.to_string()))?;
+    let admins: Vec<&str> = listed
+        .iter()
+        .filter(|k| !k.revoked && k.roles.grants(threatmail_auth::Role::Admin))
+        .map(|k| k.id.as_str())
+        .collect();
+    if admins == [id] {
+        return Err(RegistryError::LastAdminKey { id: id.to_owned() });
+    }
     let revoked = keys
         .revoke(id)
         .await

@@ -41,6 +41,15 @@ pub enum RegistryError {
         /// The id asked for.
         id: String,
     },
+    /// Revoking it would leave no admin key.
+    #[error(
+        "API key {id} is the last admin key: make another admin key first \
+         (`threatmail apikey create --role admin`), then revoke this one"
+    )]
+    LastAdminKey {
+        /// The id asked for.
+        id: String,
+    },
     /// Another source has the name.
     #[error("the name {name:?} is already used by source {holder}: choose another name")]
     NameTaken {
@@ -150,6 +159,9 @@ impl RegistryError {
             RegistryError::BadArgument { .. } => (Code::InvalidArgument, "registry.bad_argument"),
             RegistryError::NotFound { .. } => (Code::NotFound, "registry.source_not_found"),
             RegistryError::ApiKeyNotFound { .. } => (Code::NotFound, "registry.api_key_not_found"),
+            RegistryError::LastAdminKey { .. } => {
+                (Code::FailedPrecondition, "registry.last_admin_key")
+            }
             RegistryError::NameTaken { .. } => (Code::AlreadyExists, "registry.name_taken"),
             RegistryError::Conflict { .. } => (Code::Aborted, "registry.version_conflict"),
             RegistryError::Redis(_) => (Code::Unavailable, "registry.redis_unavailable"),

@@ -288,7 +288,40 @@ async fn admins_make_list_and_revoke_api_keys() -> anyhow::Result<()> {
         .await
         .expect_err("unknown");
     assert_eq!(unknown.code(), Code::NotFound);
-    let no_roles = admin
+
+    // The last admin key cannot be revoked; once there is another, it can.
+    let own_id = harness
+        .admin
+        .split('.')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let last = admin
+        .revoke_api_key(pb::RevokeApiKeyRequest { id: own_id.clone() })
+        .await
+        .expect_err("the last admin key");
+    assert_eq!(last.code(), Code::FailedPrecondition);
+    assert!(
+        last.message().contains("last admin key"),
+        "{}",
+        last.message()
+    );
+    let second = admin
+        .create_api_key(pb::CreateApiKeyRequest {
+            label: "second admin".to_owned(),
+            roles: vec![pb::Role::Admin as i32],
+        })
+        .await?
+        .into_inner();
+    let mut second = harness.client(&second.key).await?;
+    assert!(
+        second
+            .revoke_api_key(pb::RevokeApiKeyRequest { id: own_id })
+            .await?
+            .into_inner()
+            .revoked
+    );
+    let no_roles = second
         .create_api_key(pb::CreateApiKeyRequest {
             label: "nothing".to_owned(),
             roles: Vec::new(),
