@@ -74,34 +74,26 @@ fn a_redis_password_in_an_argument_is_refused_unprinted() -> anyhow::Result<()> 
 fn key_files_are_checked() -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir()?;
-    let open = dir.path().join("open-key");
-    std::fs::write(&open, "tmk1.0000000000000000.notarealkey\n")?;
-    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644))?;
-    let nobody = "http://127.0.0.1:1";
-    let path = open.to_str().unwrap_or_default();
-    let output = threatmail(&[
-        "source",
-        "list",
-        "--registry",
-        nobody,
-        "--api-key-file",
-        path,
-    ]);
+    // `source list` with a key file of `text` and `mode` (no registry listens there).
+    let list_with = |name: &str, text: &str, mode: u32| -> anyhow::Result<std::process::Output> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        let path = path.to_str().unwrap_or_default().to_owned();
+        Ok(threatmail(&[
+            "source",
+            "list",
+            "--registry",
+            "http://127.0.0.1:1",
+            "--api-key-file",
+            &path,
+        ]))
+    };
+    let output = list_with("open-key", "tmk1.0000000000000000.notarealkey\n", 0o644)?;
     let stderr = String::from_utf8(output.stderr)?;
     assert!(stderr.contains("can be read by other users"), "{stderr}");
 
-    let two = dir.path().join("two-lines");
-    std::fs::write(&two, "tmk1.a.b\ntmk1.c.d\n")?;
-    std::fs::set_permissions(&two, std::fs::Permissions::from_mode(0o600))?;
-    let path = two.to_str().unwrap_or_default();
-    let output = threatmail(&[
-        "source",
-        "list",
-        "--registry",
-        nobody,
-        "--api-key-file",
-        path,
-    ]);
+    let output = list_with("two-lines", "tmk1.a.b\ntmk1.c.d\n", 0o600)?;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr)?;
     assert!(stderr.contains("more than one line"), "{stderr}");

@@ -553,13 +553,13 @@ async fn changes_to_how_a_source_logs_in_are_tested_before_saving() -> anyhow::R
     assert_eq!(updated["source"]["poll_interval_seconds"], 600, "{updated}");
 
     // The right secret with an expiry date already past: saved, and the test says so.
-    let replaced = h
-        .run(
-            &["source", "secret", &id, "--expires", "2020-01-01"],
-            Some(&secret),
-        )
-        .await?
-        .expect(0);
+    let replace_expiring = |date: &'static str| {
+        let args = ["source", "secret", id.as_str(), "--expires", date];
+        let secret = secret.clone();
+        let h = &h;
+        async move { h.run(&args, Some(&secret)).await }
+    };
+    let replaced = replace_expiring("2020-01-01").await?.expect(0);
     assert!(
         replaced.stderr.contains("warning:") && replaced.stderr.contains("2020-01-01"),
         "{}",
@@ -567,13 +567,7 @@ async fn changes_to_how_a_source_logs_in_are_tested_before_saving() -> anyhow::R
     );
     // A date that is none: refused by the test's validation, nothing saved.
     let before = version(&show().await?.expect(0).json());
-    let bad_date = h
-        .run(
-            &["source", "secret", &id, "--expires", "notadate"],
-            Some(&secret),
-        )
-        .await?
-        .expect(1);
+    let bad_date = replace_expiring("notadate").await?.expect(1);
     assert!(
         bad_date.stderr.contains("not saved") && bad_date.stderr.contains("secret_expires"),
         "{}",
