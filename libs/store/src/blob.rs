@@ -88,8 +88,11 @@ pub type Result<T, E = BlobError> = std::result::Result<T, E>;
 /// secret_access_key_file = "/run/secrets/s3-secret"
 /// prefix = "prod/"
 /// ```
+///
+/// `kind` may be left out, meaning `directory`, so that `THREATMAIL_BLOBS__PATH` alone
+/// (with no file) names the folder; `path` defaults to `data/blobs`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(try_from = "BlobSettings")]
 pub enum BlobStoreConfig {
     /// A local (or mounted) directory.
     Directory {
@@ -101,27 +104,104 @@ pub enum BlobStoreConfig {
         /// The bucket.
         bucket: String,
         /// The region (`us-east-1` if unset).
-        #[serde(default)]
         region: Option<String>,
         /// The endpoint URL, for stores other than AWS.
-        #[serde(default)]
         endpoint: Option<String>,
         /// The access key id; unset: from the environment or instance metadata.
-        #[serde(default)]
         access_key_id: Option<String>,
         /// The secret access key (prefer `secret_access_key_file`).
-        #[serde(default)]
         secret_access_key: Option<SecretStringEq>,
         /// A file holding the secret access key.
-        #[serde(default)]
         secret_access_key_file: Option<PathBuf>,
         /// Allow `http://` endpoints (a local test store only).
-        #[serde(default)]
         allow_http: bool,
         /// A key prefix inside the bucket.
-        #[serde(default)]
         prefix: String,
     },
+}
+
+/// The `blobs` section as written: every setting of either kind, checked against `kind`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlobSettings {
+    #[serde(default)]
+    kind: BlobKind,
+    path: Option<PathBuf>,
+    bucket: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<SecretStringEq>,
+    secret_access_key_file: Option<PathBuf>,
+    allow_http: Option<bool>,
+    prefix: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+enum BlobKind {
+    #[default]
+    Directory,
+    S3,
+}
+
+impl TryFrom<BlobSettings> for BlobStoreConfig {
+    type Error = String;
+
+    fn try_from(settings: BlobSettings) -> std::result::Result<Self, String> {
+        let BlobSettings {
+            kind,
+            path,
+            bucket,
+            region,
+            endpoint,
+            access_key_id,
+            secret_access_key,
+            secret_access_key_file,
+            allow_http,
+            prefix,
+        } = settings;
+        match kind {
+            BlobKind::Directory => {
+                let s3_settings = [
+                    ("bucket", bucket.is_some()),
+                    ("region", region.is_some()),
+                    ("endpoint", endpoint.is_some()),
+                    ("access_key_id", access_key_id.is_some()),
+                    ("secret_access_key", secret_access_key.is_some()),
+                    ("secret_access_key_file", secret_access_key_file.is_some()),
+                    ("allow_http", allow_http.is_some()),
+                    ("prefix", prefix.is_some()),
+                ];
+                if let Some((name, _)) = s3_settings.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "`{name}` is a setting of kind = \"s3\"; a directory store takes only `path`"
+                    ));
+                }
+                Ok(BlobStoreConfig::Directory {
+                    path: path.unwrap_or_else(|| PathBuf::from("data/blobs")),
+                })
+            }
+            BlobKind::S3 => {
+                if path.is_some() {
+                    return Err(
+                        "`path` is a setting of kind = \"directory\"; an s3 store takes `bucket` and `prefix`"
+                            .to_owned(),
+                    );
+                }
+                Ok(BlobStoreConfig::S3 {
+                    bucket: bucket.ok_or("missing field `bucket` (kind = \"s3\")")?,
+                    region,
+                    endpoint,
+                    access_key_id,
+                    secret_access_key,
+                    secret_access_key_file,
+                    allow_http: allow_http.unwrap_or(false),
+                    prefix: prefix.unwrap_or_default(),
+                })
+            }
+        }
+    }
 }
 
 impl Default for BlobStoreConfig {
@@ -455,6 +535,23 @@ mod tests {
                 .is_err()
         );
         assert!(toml::from_str::<BlobStoreConfig>("kind = \"ftp\"").is_err());
+        // `kind` defaults to a directory, as the environment sets only the path.
+        let path_only: BlobStoreConfig = toml::from_str("path = \"/srv/blobs\"").unwrap();
+        assert_eq!(path_only, directory);
+        assert_eq!(
+            toml::from_str::<BlobStoreConfig>("").unwrap(),
+            BlobStoreConfig::default()
+        );
+        for (text, named) in [
+            ("path = \"x\"\nbucket = \"b\"", "`bucket`"),
+            ("kind = \"s3\"\nbucket = \"b\"\npath = \"x\"", "`path`"),
+            ("kind = \"s3\"", "`bucket`"),
+        ] {
+            let error = toml::from_str::<BlobStoreConfig>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
     }
 
     #[test]
