@@ -2,5 +2,6 @@
 //! (as later issues add them) sources, folders, secrets and message identities.
 
 pub mod config;
+pub mod error;
 pub mod mutf7;
 pub mod redact;

@@ -102,8 +102,9 @@ where
         match run(config, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                tracing::error!(error = %format!("{error:#}"), "service stopped with an error");
-                eprintln!("threatmail-{service_name}: {error:#}");
+                let error = threatmail_core::error::chain(error.as_ref());
+                tracing::error!(%error, "service stopped with an error");
+                eprintln!("threatmail-{service_name}: {error}");
                 ExitCode::FAILURE
             }
         }

@@ -38,7 +38,10 @@ impl MasterKeySettings {
         };
         let mut cause = std::error::Error::source(&error);
         while let Some(inner) = cause {
-            line.push_str(&format!(": {inner}"));
+            let text = inner.to_string();
+            if !line.contains(&text) {
+                line.push_str(&format!(": {text}"));
+            }
             cause = inner.source();
         }
         Some(line)

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", threatmail_core::error::chain(error.as_ref()));
             if error
                 .downcast_ref::<commands::secret_input::UsageError>()
                 .is_some()

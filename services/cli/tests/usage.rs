@@ -1,6 +1,7 @@
 //! How commands take what they are given, with no server: usage errors (exit 2, and a note
 //! naming a `TM_*` variable set but empty), keys and passwords given the wrong way, `parse`'s
-//! input (standard input, a size limit) and a reader that stops early (`… | head`).
+//! input (standard input, a size limit), a reader that stops early (`… | head`) and the
+//! error of a service that cannot start.
 
 use std::process::Command;
 
@@ -200,4 +201,25 @@ fn a_reader_that_stops_early_is_no_failure() -> anyhow::Result<()> {
 fn score_thresholds_are_fractions() {
     let output = threatmail(&["corpus", "score", ".", "--min-precision", "1.5"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// A cause that an error already prints inside its own message is said once: redis's
+/// connection error holds the I/O error's text and also returns it as its source.
+#[test]
+fn a_service_that_cannot_start_says_each_cause_once() -> anyhow::Result<()> {
+    let output = Command::new(env!("CARGO_BIN_EXE_threatmail"))
+        .args(["serve", "--target", "mailbox"])
+        .env("THREATMAIL_MAILBOX__LISTEN", "127.0.0.1:0")
+        .env("THREATMAIL_MAILBOX__REDIS_URL", "redis://127.0.0.1:1/")
+        .env("THREATMAIL_MAILBOX__BLOBS__PATH", std::env::temp_dir())
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr)?;
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("error: mailbox:"))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(error.contains("redis://127.0.0.1:1/"), "{error}");
+    assert_eq!(error.matches("Connection refused").count(), 1, "{error}");
+    Ok(())
 }

@@ -184,11 +184,7 @@ pub fn status_of(error: ImapError) -> Status {
         ImapError::Protocol { .. } => tonic::Code::Unavailable,
     };
     let reason = error.reason();
-    let message = std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ");
-    let mut status = Status::new(code, message);
+    let mut status = Status::new(code, threatmail_core::error::chain(&error));
     if let Ok(value) = reason.parse() {
         status.metadata_mut().insert(REASON_KEY, value);
     }

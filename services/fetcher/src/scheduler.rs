@@ -23,6 +23,7 @@ use std::hash::{BuildHasher as _, Hasher as _};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use threatmail_core::error::chain;
 use threatmail_source::{
     ConnectionState, FolderError, FolderStatus, SourceId, SourceRecord, SourceStore,
 };
@@ -805,13 +806,6 @@ struct Judged {
     needs_user: bool,
     /// Exchange asked to back off this long.
     throttle: Option<Duration>,
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    std::iter::successors(Some(error), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 fn server_words(error: &ImapError) -> &str {

@@ -48,7 +48,10 @@ async fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("tm-stack: {error:#}");
+            eprintln!(
+                "tm-stack: {}",
+                threatmail_core::error::chain(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -293,7 +293,7 @@ pub(crate) fn error_json(error: &anyhow::Error) -> Value {
     let rpc = error.chain().find_map(|c| c.downcast_ref::<RpcError>());
     json!({
         "ok": false,
-        "error": format!("{error:#}"),
+        "error": threatmail_core::error::chain(error.as_ref()),
         "rpc": rpc.map(RpcError::to_json),
     })
 }

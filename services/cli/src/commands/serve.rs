@@ -255,7 +255,10 @@ async fn serve(config: ServeConfig, targets: Vec<Target>) -> anyhow::Result<Exit
             Ok((_, Ok(()))) => {}
             Ok((name, Err(error))) => {
                 failed = true;
-                eprintln!("error: {name}: {error:#}");
+                eprintln!(
+                    "error: {name}: {}",
+                    threatmail_core::error::chain(error.as_ref())
+                );
             }
             Err(error) => {
                 failed = true;
