@@ -18,3 +18,4 @@ pub(crate) mod parse;
 pub(crate) mod secret_input;
 pub(crate) mod serve;
 pub(crate) mod source;
+pub(crate) mod terminal;

@@ -22,6 +22,8 @@ use threatmail_parse::{
     AnswerKey, IndicatorKind, Scorecard, extract_text, parse_message, parse_message_with_texts,
 };
 
+use super::terminal::field;
+
 /// Arguments of `threatmail corpus`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct CorpusArgs {
@@ -299,13 +301,25 @@ fn print_score(card: &Scorecard, verbose: bool) {
     if verbose {
         for m in &card.messages {
             for (kind, values) in &m.false_positives {
-                println!("{}: false positive {kind}: {}", m.message, values.join(" "));
+                println!(
+                    "{}: false positive {kind}: {}",
+                    field(&m.message),
+                    field(&values.join(" "))
+                );
             }
             for (kind, values) in &m.misses {
-                println!("{}: miss {kind}: {}", m.message, values.join(" "));
+                println!(
+                    "{}: miss {kind}: {}",
+                    field(&m.message),
+                    field(&values.join(" "))
+                );
             }
             if !m.trap_hits.is_empty() {
-                println!("{}: trap hit: {}", m.message, m.trap_hits.join(" "));
+                println!(
+                    "{}: trap hit: {}",
+                    field(&m.message),
+                    field(&m.trap_hits.join(" "))
+                );
             }
             for (ok, field) in [
                 (m.tlp_ok, "tlp"),

@@ -7,7 +7,7 @@
 //! variables do not start with `THREATMAIL_`, which services read as their own settings.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,6 +20,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::client::{self, rpc_error};
+use super::secret_input::UsageError;
+use super::terminal::{self, field};
 
 type Client = MailboxClient<InterceptedService<Channel, CredentialInterceptor>>;
 
@@ -210,15 +212,12 @@ fn when(seconds: i64) -> String {
 }
 
 fn one_line(text: &str, width: usize) -> String {
-    let flat: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let flat = field(text);
     if flat.chars().count() > width {
         let cut: String = flat.chars().take(width.saturating_sub(1)).collect();
         format!("{cut}…")
     } else {
-        flat
+        flat.into_owned()
     }
 }
 
@@ -347,12 +346,13 @@ fn message_json(m: &pb::Message) -> Value {
     })
 }
 
-fn show_text(m: &pb::Message) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+/// `m` as text; everything that came from the mail or the server is printed through
+/// [`terminal`], so what a sender wrote cannot drive the analyst's terminal.
+fn show_text(out: &mut impl Write, m: &pb::Message) -> anyhow::Result<()> {
     let summary = m.summary.clone().unwrap_or_default();
-    writeln!(out, "Id:          {}", summary.id)?;
-    writeln!(out, "Subject:     {}", summary.subject)?;
-    writeln!(out, "From:        {}", addresses(&m.from))?;
+    writeln!(out, "Id:          {}", field(&summary.id))?;
+    writeln!(out, "Subject:     {}", field(&summary.subject))?;
+    writeln!(out, "From:        {}", field(&addresses(&m.from)))?;
     for (label, list) in [
         ("Sender:", &m.sender),
         ("Reply-To:", &m.reply_to),
@@ -360,22 +360,23 @@ fn show_text(m: &pb::Message) -> anyhow::Result<()> {
         ("Cc:", &m.cc),
     ] {
         if !list.is_empty() {
-            writeln!(out, "{label:<12} {}", addresses(list))?;
+            writeln!(out, "{label:<12} {}", field(&addresses(list)))?;
         }
     }
     if !m.return_path.is_empty() {
-        writeln!(out, "Return-Path: {}", m.return_path)?;
+        writeln!(out, "Return-Path: {}", field(&m.return_path))?;
     }
-    writeln!(out, "Date:        {}", m.date)?;
-    writeln!(out, "Message-ID:  {}", m.message_id)?;
+    writeln!(out, "Date:        {}", field(&m.date))?;
+    writeln!(out, "Message-ID:  {}", field(&m.message_id))?;
     if !summary.tlp.is_empty() {
-        writeln!(out, "TLP:         {}", summary.tlp)?;
+        writeln!(out, "TLP:         {}", field(&summary.tlp))?;
     }
-    writeln!(out, "Structure:   {}", m.structure)?;
+    writeln!(out, "Structure:   {}", field(&m.structure))?;
     writeln!(
         out,
         "Raw:         {} bytes, sha256 {}",
-        summary.size, summary.sha256
+        summary.size,
+        field(&summary.sha256)
     )?;
     if let Some(state) = &summary.state
         && (state.read || state.starred || state.reviewed || !state.comment.is_empty())
@@ -388,14 +389,19 @@ fn show_text(m: &pb::Message) -> anyhow::Result<()> {
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
-        writeln!(out, "Analyst:     {} {}", flags.join(", "), state.comment)?;
+        writeln!(
+            out,
+            "Analyst:     {} {}",
+            flags.join(", "),
+            field(&state.comment)
+        )?;
     }
     writeln!(out, "\nSeen in:")?;
     for l in &m.locations {
         writeln!(
             out,
             "  {} (UIDVALIDITY {}, UID {}) at {}",
-            l.folder,
+            field(&l.folder),
             l.uidvalidity,
             l.uid,
             when(l.seen_at)
@@ -408,17 +414,17 @@ fn show_text(m: &pb::Message) -> anyhow::Result<()> {
             .iter()
             .map(|l| {
                 if l.detail.is_empty() {
-                    l.source.clone()
+                    field(&l.source).into_owned()
                 } else {
-                    format!("{}:{}", l.source, l.detail)
+                    field(&format!("{}:{}", l.source, l.detail)).into_owned()
                 }
             })
             .collect();
         writeln!(
             out,
             "  {:<7} {}{}  [{}]",
-            i.r#type,
-            i.value,
+            field(&i.r#type),
+            field(&i.value),
             if i.defanged { " (defanged)" } else { "" },
             places.into_iter().collect::<Vec<_>>().join(", ")
         )?;
@@ -429,31 +435,53 @@ fn show_text(m: &pb::Message) -> anyhow::Result<()> {
             writeln!(
                 out,
                 "  {} {} {} bytes sha256 {}",
-                a.part,
+                field(&a.part),
                 if a.file_name.is_empty() {
-                    "(no name)"
+                    "(no name)".into()
                 } else {
-                    &a.file_name
+                    field(&a.file_name)
                 },
                 a.size,
-                a.sha256
+                field(&a.sha256)
             )?;
         }
     }
     if !m.link_mismatches.is_empty() {
         writeln!(out, "\nLinks whose text shows another host:")?;
         for l in &m.link_mismatches {
-            writeln!(out, "  {:?} → {}", l.text, l.href)?;
+            writeln!(out, "  \"{}\" → {}", field(&l.text), field(&l.href))?;
         }
     }
     if !m.warnings.is_empty() {
         writeln!(out, "\nWarnings:")?;
         for w in &m.warnings {
-            writeln!(out, "  {} {} {}", w.kind, w.part, w.detail)?;
+            writeln!(
+                out,
+                "  {} {} {}",
+                field(&w.kind),
+                field(&w.part),
+                field(&w.detail)
+            )?;
         }
     }
     if !m.text_body.is_empty() {
-        writeln!(out, "\n{}", m.text_body)?;
+        writeln!(out, "\n{}", terminal::lines(&m.text_body))?;
+    }
+    Ok(())
+}
+
+/// The raw bytes are the sender's, controls and all, so they go to a file or a pipe, not
+/// straight to the analyst's terminal.
+fn raw_destination_is_safe(
+    output: Option<&PathBuf>,
+    stdout_is_terminal: bool,
+) -> anyhow::Result<()> {
+    if output.is_none() && stdout_is_terminal {
+        return Err(UsageError(
+            "mailbox raw writes the message's bytes as the sender wrote them, terminal controls \
+             and all: give -o FILE, or pipe it (`| less` shows controls as ^[)",
+        )
+        .into());
     }
     Ok(())
 }
@@ -747,10 +775,11 @@ async fn run_command(args: MailboxArgs) -> anyhow::Result<ExitCode> {
                 document["ok"] = Value::Bool(true);
                 println!("{}", serde_json::to_string_pretty(&document)?);
             } else {
-                show_text(&message)?;
+                show_text(&mut std::io::stdout().lock(), &message)?;
             }
         }
         MailboxCommand::Raw { id, output } => {
+            raw_destination_is_safe(output.as_ref(), std::io::stdout().is_terminal())?;
             let mut stream = client
                 .get_raw(pb::GetMessageRequest { id: id.clone() })
                 .await
@@ -889,9 +918,69 @@ mod tests {
         );
     }
 
+    /// A message whose every field a sender chose carries terminal controls: none reaches
+    /// the output, and no value starts a line of its own.
+    #[test]
+    fn what_a_sender_wrote_cannot_drive_the_terminal() -> anyhow::Result<()> {
+        let hostile =
+            "x\u{1b}]52;c;cm0gLXJmIH4K\u{7}\u{1b}[2J\rForged\u{202e}\u{9b}\nFrom: ceo@bank.example";
+        let mut m = message("s1/a", &[hostile], &[("domain", hostile)], hostile);
+        let summary = m.summary.as_mut().context("a summary")?;
+        summary.subject = hostile.to_owned();
+        m.from = vec![pb::MailAddress {
+            name: hostile.to_owned(),
+            address: "a@example.com".to_owned(),
+        }];
+        m.reply_to = m.from.clone();
+        m.return_path = hostile.to_owned();
+        m.date = hostile.to_owned();
+        m.message_id = hostile.to_owned();
+        m.structure = hostile.to_owned();
+        m.indicators[0].locations[0].detail = hostile.to_owned();
+        m.attachments = vec![pb::MailAttachment {
+            file_name: hostile.to_owned(),
+            ..Default::default()
+        }];
+        m.link_mismatches = vec![pb::LinkMismatch {
+            text: hostile.to_owned(),
+            href: hostile.to_owned(),
+        }];
+        m.warnings = vec![pb::ParseWarning {
+            detail: hostile.to_owned(),
+            ..Default::default()
+        }];
+        m.text_body = format!("{hostile}\nsecond line\tend");
+        let mut out = Vec::new();
+        show_text(&mut out, &m)?;
+        let text = String::from_utf8(out)?;
+        for c in ['\u{1b}', '\u{7}', '\r', '\u{202e}', '\u{9b}'] {
+            assert!(!text.contains(c), "{c:?} printed in\n{text}");
+        }
+        let headers = text.split("\n\n").next().unwrap_or_default();
+        assert_eq!(
+            headers.lines().filter(|l| l.starts_with("From:")).count(),
+            1,
+            "{text}"
+        );
+
+        assert!(text.contains("\\u{1b}]52;c;"), "{text}");
+        assert!(
+            text.contains("\nsecond line\tend"),
+            "the body keeps its lines: {text}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn raw_bytes_go_to_a_file_or_a_pipe() {
+        assert!(raw_destination_is_safe(None, true).is_err());
+        assert!(raw_destination_is_safe(None, false).is_ok());
+        assert!(raw_destination_is_safe(Some(&PathBuf::from("m.eml")), true).is_ok());
+    }
+
     #[test]
     fn long_text_is_cut_on_one_line() {
-        assert_eq!(one_line("a\r\nb", 10), "a  b");
+        assert_eq!(one_line("a\r\nb", 10), "a\\r\\nb");
         assert_eq!(one_line("abcdef", 4), "abc…");
     }
 }
