@@ -140,6 +140,19 @@ async fn the_mailbox_commands_show_what_was_synced() -> anyhow::Result<()> {
         .as_array()
         .map(|objects| objects.iter().filter(|o| o["type"] == "report").count());
     assert_eq!(reports, Some(count));
+    // One report per page: the same bundle, id and markings included.
+    let paged = ok(&deployment, &["mailbox", "export", "--stix", "--page", "1"]).await?;
+    let paged: Value = serde_json::from_slice(&paged.stdout)?;
+    assert_eq!(paged["id"], bundle["id"]);
+    let by_id = |bundle: &Value| -> std::collections::BTreeMap<String, Value> {
+        bundle["objects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| (o["id"].as_str().unwrap_or_default().to_owned(), o.clone()))
+            .collect()
+    };
+    assert_eq!(by_id(&paged), by_id(&bundle));
     assert_eq!(
         (&message["ok"], &summary["ok"]),
         (&Value::Bool(true), &Value::Bool(true))

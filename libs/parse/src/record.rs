@@ -289,6 +289,15 @@ pub enum Tlp {
 }
 
 impl Tlp {
+    /// Every level, least to most restrictive.
+    pub const ALL: [Tlp; 5] = [
+        Tlp::Clear,
+        Tlp::Green,
+        Tlp::Amber,
+        Tlp::AmberStrict,
+        Tlp::Red,
+    ];
+
     /// The canonical marking, e.g. `TLP:AMBER+STRICT`.
     pub fn as_str(self) -> &'static str {
         match self {

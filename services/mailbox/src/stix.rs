@@ -714,8 +714,22 @@ pub fn bundle(items: &[ExportItem<'_>]) -> Value {
         object["object_marking_refs"] = json!(marking_refs(tlp));
         objects.push(object);
     }
-    let bundle_id = sdo_id("bundle", &format!("bundle|{}", report_ids.join(",")));
-    json!({ "type": "bundle", "id": bundle_id, "objects": objects })
+    json!({ "type": "bundle", "id": bundle_id(&report_ids), "objects": objects })
+}
+
+/// The id of the bundle of the reports `report_ids`, in their order: a bundle merged from
+/// pages gets the id one page of the same reports would have.
+pub fn bundle_id(report_ids: &[String]) -> String {
+    sdo_id("bundle", &format!("bundle|{}", report_ids.join(",")))
+}
+
+/// The TLP level of `object`'s TLP 2.0 marking, the most restrictive if it has several.
+pub fn marking_tlp(object: &Value) -> Option<Tlp> {
+    let refs = object["object_marking_refs"].as_array()?;
+    Tlp::ALL
+        .into_iter()
+        .filter(|tlp| refs.iter().any(|r| r.as_str() == Some(tlp2_id(*tlp))))
+        .max()
 }
 
 #[cfg(test)]

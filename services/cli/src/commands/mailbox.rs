@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use threatmail_auth::CredentialInterceptor;
+use threatmail_mailbox::stix as mailbox_stix;
 use threatmail_proto::v1 as pb;
 use threatmail_proto::v1::mailbox_client::MailboxClient;
 use tonic::service::interceptor::InterceptedService;
@@ -499,17 +500,16 @@ fn write_output(output: Option<&PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// Every page's bundle merged into one: each object once (by id, first seen), the
-/// first page's bundle id when there was one page, else one derived from all pages'.
+/// Every page's bundle merged into one: each object once (by id). An observable shared by
+/// reports of several pages carries the most restrictive of its copies' TLP markings, as
+/// it would in one page, and the bundle gets the id one page of the same reports has.
 async fn export(
     client: &mut Client,
     filters: &Filters,
     page: u32,
 ) -> anyhow::Result<(Value, u32, u32)> {
     let mut selection = filters.request();
-    let mut objects: Vec<Value> = Vec::new();
-    let mut ids: BTreeSet<String> = BTreeSet::new();
-    let mut bundle_ids: Vec<String> = Vec::new();
+    let mut merged = MergedBundle::default();
     let (mut reports, mut excluded) = (0u32, 0u32);
     loop {
         let reply = client
@@ -522,13 +522,7 @@ async fn export(
             .into_inner();
         let bundle: Value = serde_json::from_str(&reply.bundle_json)
             .context("the service sent a bundle that is not JSON")?;
-        bundle_ids.push(bundle["id"].as_str().unwrap_or_default().to_owned());
-        for object in bundle["objects"].as_array().into_iter().flatten() {
-            let id = object["id"].as_str().unwrap_or_default().to_owned();
-            if ids.insert(id) {
-                objects.push(object.clone());
-            }
-        }
+        merged.add(&bundle);
         reports += reply.message_count;
         excluded += reply.excluded_count;
         if reply.next_page_token.is_empty() {
@@ -536,22 +530,48 @@ async fn export(
         }
         selection.page_token = reply.next_page_token;
     }
-    let id = if bundle_ids.len() == 1 {
-        bundle_ids.remove(0)
-    } else {
-        // A name-based (v5) UUID over the page bundles' ids, in the URL namespace; the
-        // same selection merges to the same id.
-        let name = format!("threatmail-merged-bundle:{}", bundle_ids.join(","));
-        format!("bundle--{}", uuid_v5_url(&name))
-    };
-    Ok((
-        json!({ "type": "bundle", "id": id, "objects": objects }),
-        reports,
-        excluded,
-    ))
+    Ok((merged.into_bundle(), reports, excluded))
 }
 
-/// RFC 4122 UUIDv5 of `name` in the URL namespace.
+/// The objects of page bundles, each id once, in the order first seen.
+#[derive(Default)]
+struct MergedBundle {
+    objects: Vec<Value>,
+    index: BTreeMap<String, usize>,
+    report_ids: Vec<String>,
+}
+
+impl MergedBundle {
+    fn add(&mut self, bundle: &Value) {
+        for object in bundle["objects"].as_array().into_iter().flatten() {
+            let id = object["id"].as_str().unwrap_or_default().to_owned();
+            match self.index.get(&id) {
+                Some(&at) => {
+                    let kept = &mut self.objects[at];
+                    if mailbox_stix::marking_tlp(object) > mailbox_stix::marking_tlp(kept) {
+                        kept["object_marking_refs"] = object["object_marking_refs"].clone();
+                    }
+                }
+                None => {
+                    if object["type"] == "report" {
+                        self.report_ids.push(id.clone());
+                    }
+                    self.index.insert(id, self.objects.len());
+                    self.objects.push(object.clone());
+                }
+            }
+        }
+    }
+
+    fn into_bundle(self) -> Value {
+        json!({
+            "type": "bundle",
+            "id": mailbox_stix::bundle_id(&self.report_ids),
+            "objects": self.objects,
+        })
+    }
+}
+
 /// How many GetMessage calls `summary` keeps in flight.
 const SUMMARY_CONCURRENCY: usize = 8;
 
@@ -722,10 +742,6 @@ async fn summarize(client: &Client, filters: &Filters) -> anyhow::Result<Summary
         summary.add(&message);
     }
     Ok(summary)
-}
-
-fn uuid_v5_url(name: &str) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
 
 pub(crate) fn run(args: MailboxArgs) -> anyhow::Result<ExitCode> {
@@ -976,6 +992,44 @@ mod tests {
         assert!(raw_destination_is_safe(None, true).is_err());
         assert!(raw_destination_is_safe(None, false).is_ok());
         assert!(raw_destination_is_safe(Some(&PathBuf::from("m.eml")), true).is_ok());
+    }
+
+    /// An observable on two pages keeps the more restrictive marking of its two copies,
+    /// whichever page came first.
+    #[test]
+    fn pages_merge_to_the_markings_and_id_of_one_bundle() {
+        use threatmail_parse::Tlp;
+        let marked = |id: &str, tlp: Tlp| {
+            json!({ "type": "domain-name", "id": id,
+                    "object_marking_refs": [mailbox_stix::tlp2_id(tlp), mailbox_stix::tlp1(tlp).0] })
+        };
+        let page = |report: &str, tlp: Tlp| {
+            json!({ "objects": [
+                { "type": "report", "id": report },
+                marked("domain-name--shared", tlp),
+                marked(&format!("domain-name--only-{report}"), tlp),
+            ] })
+        };
+        for (first, second) in [(Tlp::Clear, Tlp::Red), (Tlp::Red, Tlp::Clear)] {
+            let mut merged = MergedBundle::default();
+            merged.add(&page("report--1", first));
+            merged.add(&page("report--2", second));
+            let bundle = merged.into_bundle();
+            let objects = bundle["objects"].as_array().cloned().unwrap_or_default();
+            assert_eq!(objects.len(), 5, "{bundle}");
+            let tlp_of = |id: &str| {
+                objects
+                    .iter()
+                    .find(|o| o["id"] == id)
+                    .and_then(mailbox_stix::marking_tlp)
+            };
+            assert_eq!(tlp_of("domain-name--shared"), Some(Tlp::Red));
+            assert_eq!(tlp_of("domain-name--only-report--1"), Some(first));
+            assert_eq!(
+                bundle["id"],
+                mailbox_stix::bundle_id(&["report--1".to_owned(), "report--2".to_owned()])
+            );
+        }
     }
 
     #[test]
