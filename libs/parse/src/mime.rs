@@ -48,13 +48,32 @@ const OPAQUE_HEADERS: &[&str] = &[
     "x-ms-incomingtopheadermarker",
 ];
 
-/// Whether a header holds a signature or an opaque blob (skipped by the scanners).
+/// Headers whose values are message or part identifiers (RFC 5322 §3.6.4 msg-id, RFC 2045
+/// Content-ID): `<local@host>` in form, but no mailbox anyone can write to, so scanning
+/// them made "email" indicators of every Message-ID and reply chain.
+const IDENTIFIER_HEADERS: &[&str] = &[
+    "message-id",
+    "in-reply-to",
+    "references",
+    "resent-message-id",
+    "original-message-id",
+    "content-id",
+    "x-ms-exchange-crosstenant-network-message-id",
+    "x-ms-exchange-organization-network-message-id",
+];
+
+/// Whether a header holds a signature, an opaque blob or an identifier (skipped by the
+/// scanners).
 fn is_opaque_header(name: &str) -> bool {
-    OPAQUE_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) || {
-        let prefix = "x-ms-exchange-antispam-messagedata";
-        name.len() >= prefix.len()
-            && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-    }
+    OPAQUE_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || IDENTIFIER_HEADERS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+        || {
+            let prefix = "x-ms-exchange-antispam-messagedata";
+            name.len() >= prefix.len()
+                && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        }
 }
 
 /// mail-parser's default header parsers, except that headers the walk only scans as raw bytes

@@ -105,3 +105,31 @@ fn record_has_headers_bodies_and_warnings() {
     assert!(parsed.indicators.iter().any(|i| i.value == "a@example.com"));
     assert!(parsed.summary().emails.is_empty());
 }
+
+/// Message and part identifiers look like addresses but name no mailbox: no indicator comes
+/// from them, while the relay a `Received` header names still does.
+#[test]
+fn identifiers_are_not_addresses() {
+    let raw = b"Received: from mx.relay.example.net (mx.relay.example.net [198.51.100.7])\r\n\tby mail.example.com; Tue, 01 Dec 2026 08:14:01 +0000\r\nMessage-ID: <GV1PR05MB6688.0D3A@eurprd05.prod.example.org>\r\nIn-Reply-To: <prev.1@chain.example.org>\r\nReferences: <first.0@chain.example.org> <prev.1@chain.example.org>\r\nFrom: a@example.com\r\nSubject: re\r\nContent-Type: multipart/related; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee the image\r\n--b\r\nContent-Type: image/png\r\nContent-ID: <image001.png@01DA2B3C.4D5E6F70>\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--b--\r\n";
+    let parsed = parse_message(raw);
+    let values: Vec<&str> = parsed.indicators.iter().map(|i| i.value.as_str()).collect();
+    for identifier in [
+        "eurprd05.prod.example.org",
+        "chain.example.org",
+        "01da2b3c.4d5e6f70",
+        "image001.png",
+    ] {
+        assert!(
+            !values
+                .iter()
+                .any(|v| v.to_ascii_lowercase().contains(identifier)),
+            "{identifier} from an identifier header: {values:?}"
+        );
+    }
+    assert!(values.contains(&"198.51.100.7"), "{values:?}");
+    assert!(values.contains(&"a@example.com"), "{values:?}");
+    assert_eq!(
+        parsed.message.message_id.as_deref(),
+        Some("GV1PR05MB6688.0D3A@eurprd05.prod.example.org")
+    );
+}
