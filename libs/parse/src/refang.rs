@@ -12,12 +12,15 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-/// The defanged forms of the labelled README (rule 2) and a few common variants.
+/// The defanged forms of the labelled README (rule 2) and a few common variants, and the
+/// invisible characters that break an indicator up without showing (soft hyphen, zero-width
+/// ones, bidi marks, embeddings, overrides and isolates, word joiner, BOM): `ev\u{200b}il.com`
+/// reads as `evil.com` and is scanned as it reads.
 static DEFANG: LazyLock<Regex> = LazyLock::new(|| {
     // Literal alternatives only; the regex crate compiles them into a linear-time matcher.
     #[allow(clippy::unwrap_used)] // a constant pattern, checked by every test
     Regex::new(
-        r"(?i)\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\)|\{dot\}|\[at\]|\(at\)|\{at\}|\[@\]|\(@\)|\{@\}|\[:\]|\[://\]|\[/\]|hxxp",
+        r"(?i)\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\)|\{dot\}|\[at\]|\(at\)|\{at\}|\[@\]|\(@\)|\{@\}|\[:\]|\[://\]|\[/\]|hxxp|[\x{ad}\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}\x{2066}-\x{2069}\x{feff}]",
     )
     .unwrap()
 });
@@ -52,7 +55,10 @@ pub(crate) fn refang(text: &str) -> Refanged<'_> {
         buf.push_str(&text[copied..start]);
         let at = buf.len();
         buf.push_str(replacement);
-        spans.push(at..buf.len());
+        // A dropped invisible character is no defanged form.
+        if !replacement.is_empty() {
+            spans.push(at..buf.len());
+        }
         copied = end;
     }
     match out {
@@ -80,6 +86,10 @@ fn replacement(
     end: usize,
     floor: usize,
 ) -> Option<(&'static str, usize, usize)> {
+    if !text[start..end].is_ascii() {
+        // One of the invisible characters (every other form is ASCII): dropped.
+        return Some(("", start, end));
+    }
     let lower = text[start..end].to_ascii_lowercase();
     let before = text[..start].chars().next_back();
     let after = text[end..].chars().next();
@@ -164,6 +174,22 @@ mod tests {
             assert!(r.spans.is_empty(), "{input}");
             assert!(matches!(r.text, Cow::Borrowed(_)));
         }
+    }
+
+    #[test]
+    fn invisible_characters_are_dropped_without_a_defang_mark() {
+        for input in [
+            "ev\u{200b}il.example.com",
+            "ev\u{ad}il.example.com",
+            "ev\u{202e}il.example.com",
+            "\u{feff}evil.exa\u{2060}mple.com",
+        ] {
+            let r = refang(input);
+            assert_eq!(r.text, "evil.example.com", "{input:?}");
+            assert!(r.spans.is_empty(), "{input:?}");
+        }
+        let r = refang("ev\u{200b}il[.]example.com");
+        assert_eq!((r.text.as_ref(), r.spans.len()), ("evil.example.com", 1));
     }
 
     #[test]

@@ -133,3 +133,16 @@ fn identifiers_are_not_addresses() {
         Some("GV1PR05MB6688.0D3A@eurprd05.prod.example.org")
     );
 }
+
+/// An invisible character inside a bare domain or address is read past, as in HTML and URLs,
+/// instead of cutting the value where it stands.
+#[test]
+fn invisible_characters_do_not_split_indicators() {
+    let raw = "From: a@example.com\r\nSubject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nvisit ev\u{200b}il.example.com or write to pay\u{ad}ments@remit.example.org\r\n";
+    let parsed = parse_message(raw.as_bytes());
+    let values: Vec<&str> = parsed.indicators.iter().map(|i| i.value.as_str()).collect();
+    assert!(values.contains(&"evil.example.com"), "{values:?}");
+    assert!(values.contains(&"payments@remit.example.org"), "{values:?}");
+    assert!(!values.contains(&"il.example.com"), "{values:?}");
+    assert!(!values.contains(&"ments@remit.example.org"), "{values:?}");
+}
