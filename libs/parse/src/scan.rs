@@ -958,6 +958,22 @@ fn ipv6_at(buf: &[u8], range: Range<usize>) -> Option<(IpFound<Ipv6Addr>, Range<
 }
 
 /// Validates a domain candidate at `range` of the working buffer.
+/// Whether `buf[..start]` ends with a URL scheme other than http(s) and its `://`
+/// (`ftp://`, `tcp://`, `smb://`): that host is a domain though the value is no URL (an
+/// http(s) URL was masked before the domains are looked for).
+fn after_other_scheme(buf: &[u8], start: usize) -> bool {
+    let Some(before) = buf[..start].strip_suffix(b"://") else {
+        return false;
+    };
+    let scheme_start = before
+        .iter()
+        .rposition(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))
+        .map_or(0, |i| i + 1);
+    let scheme = &before[scheme_start..];
+    // RFC 3986: a letter, then letters, digits, `+`, `-`, `.`.
+    scheme.first().is_some_and(u8::is_ascii_alphabetic) && scheme.len() <= 16
+}
+
 fn domain_at(
     buf: &[u8],
     range: Range<usize>,
@@ -983,7 +999,9 @@ fn domain_at(
         start += i + c.len_utf8();
         after_script_change = true;
     }
+    let after_scheme = after_other_scheme(buf, start);
     if !after_script_change
+        && !after_scheme
         && let Some(c) = char_before(buf, start)
         && (c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '/' | '\\' | '%' | '&'))
     {
@@ -996,7 +1014,11 @@ fn domain_at(
     let defanged = refanged.touches(&(start..end));
     let (window_start, window_end) = token_bounds(buf, start, end);
     let token = std::str::from_utf8(&buf[window_start..window_end]).ok()?;
-    if !defanged && names::is_av_name(token, start - window_start, end - window_start) {
+    // `W32/Agent.CA` is a verdict; `tcp://c2.example.net` a host.
+    if !defanged
+        && !after_scheme
+        && names::is_av_name(token, start - window_start, end - window_start)
+    {
         return None;
     }
     let domain = hosts::domain(candidate)?;
@@ -1197,6 +1219,16 @@ mod tests {
                 "ceo.office[at]exec-mail.example[.]com",
                 &["exec-mail.example.com"],
             ),
+            // The host after another scheme than http(s) is a domain; a path's is not.
+            ("tcp://c3.example.net", &["c3.example.net"]),
+            ("C2: tcp://c3.example.net:4444", &["c3.example.net"]),
+            ("ftp://files.example.org/x.zip", &["files.example.org"]),
+            (
+                "smb://share.example.com/ and ws://w.example.net",
+                &["share.example.com", "w.example.net"],
+            ),
+            ("a.example.com/b.example.net/c", &["a.example.com"]),
+            ("x/://b.example.net", &[]),
         ];
         for (text, expected) in cases {
             assert_eq!(values(text, IndicatorKind::Domain), *expected, "{text}");
