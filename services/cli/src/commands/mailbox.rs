@@ -102,10 +102,10 @@ enum MailboxCommand {
 /// The filters of `list` and `export`; every one given must match.
 #[derive(Debug, Clone, Default, clap::Args)]
 struct Filters {
-    /// Only this source.
-    #[arg(long)]
+    /// Only this source, by id (`threatmail source list` shows them).
+    #[arg(long, value_name = "ID", value_parser = parse_source_id)]
     source: Option<String>,
-    /// Only messages seen in this folder (its raw IMAP name).
+    /// Only messages seen in this folder (its raw IMAP name; INBOX in any case).
     #[arg(long)]
     folder: Option<String>,
     /// From this time on: RFC 3339 (`2024-05-01T00:00:00Z`), a date (`2024-05-01`) or Unix seconds.
@@ -130,6 +130,17 @@ struct Filters {
     subject: Option<String>,
 }
 
+/// A source id as the mailbox service takes it (names live in the registry).
+fn parse_source_id(text: &str) -> Result<String, String> {
+    threatmail_source::SourceId::parse(text.trim())
+        .map(|id| id.as_str().to_owned())
+        .map_err(|_| {
+            "expected a source id (1-64 characters of A-Z a-z 0-9 - _; `threatmail source list` \
+             shows each source's id); names are not taken here"
+                .to_owned()
+        })
+}
+
 /// Unix seconds of `text`: Unix seconds, RFC 3339, or a date (midnight UTC).
 fn parse_time(text: &str) -> Result<i64, String> {
     let text = text.trim();
@@ -147,11 +158,26 @@ fn parse_time(text: &str) -> Result<i64, String> {
 }
 
 impl Filters {
+    /// A time range that can hold nothing is a mistake, not an empty answer.
+    fn check(&self) -> anyhow::Result<()> {
+        if let (Some(since), Some(until)) = (self.since, self.until)
+            && since >= until
+        {
+            return Err(UsageError("--since must be before --until").into());
+        }
+        Ok(())
+    }
+
     fn request(&self) -> pb::ListMessagesRequest {
         let text = |value: &Option<String>| value.clone().unwrap_or_default();
+        // RFC 3501 §5.1: INBOX is case-insensitive; every other name is the server's own.
+        let folder = match self.folder.as_deref() {
+            Some(name) if name.eq_ignore_ascii_case("INBOX") => "INBOX".to_owned(),
+            other => other.unwrap_or_default().to_owned(),
+        };
         pb::ListMessagesRequest {
             source_id: text(&self.source),
-            folder: text(&self.folder),
+            folder,
             since: self.since.unwrap_or(0),
             until: self.until.unwrap_or(0),
             sender: text(&self.sender),
@@ -222,6 +248,19 @@ fn one_line(text: &str, width: usize) -> String {
     }
 }
 
+/// A message id: a source id (a UUID when the registry made it), `/`, 32 hex digits.
+const ID_WIDTH: usize = 69;
+const FROM_WIDTH: usize = 32;
+
+/// The address of a `Name <address>` sender, which a column too narrow for both must keep:
+/// the display name is what a phish fakes.
+fn sender_address(from: &str) -> &str {
+    from.rsplit_once('<')
+        .and_then(|(_, rest)| rest.strip_suffix('>'))
+        .filter(|address| !address.is_empty())
+        .unwrap_or(from)
+}
+
 async fn list(
     client: &mut Client,
     filters: &Filters,
@@ -247,7 +286,7 @@ async fn list(
         if !as_json && printed == 0 && request.page_token.is_empty() {
             writeln!(
                 out,
-                "{:<52} {:<16} {:>4}  {:<28} SUBJECT",
+                "{:<ID_WIDTH$} {:<16} {:>4}  {:<FROM_WIDTH$} SUBJECT",
                 "ID", "DATE (UTC)", "IOCS", "FROM"
             )?;
         }
@@ -269,11 +308,11 @@ async fn list(
                 };
                 writeln!(
                     out,
-                    "{:<52} {:<16} {:>4}  {:<28} {mark}{}",
+                    "{:<ID_WIDTH$} {:<16} {:>4}  {:<FROM_WIDTH$} {mark}{}",
                     message.id,
                     when(message.date),
                     message.indicator_count,
-                    one_line(&message.from, 28),
+                    one_line(sender_address(&message.from), FROM_WIDTH),
                     one_line(&message.subject, 80)
                 )?;
             }
@@ -761,6 +800,15 @@ pub(crate) fn run(args: MailboxArgs) -> anyhow::Result<ExitCode> {
 }
 
 impl MailboxCommand {
+    fn filters(&self) -> Option<&Filters> {
+        match self {
+            MailboxCommand::List { filters, .. }
+            | MailboxCommand::Summary { filters, .. }
+            | MailboxCommand::Export { filters, .. } => Some(filters),
+            MailboxCommand::Show { .. } | MailboxCommand::Raw { .. } => None,
+        }
+    }
+
     /// Whether the output is JSON (`raw` and `export` write the message or the bundle).
     fn json(&self) -> bool {
         match self {
@@ -773,6 +821,9 @@ impl MailboxCommand {
 }
 
 async fn run_command(args: MailboxArgs) -> anyhow::Result<ExitCode> {
+    if let Some(filters) = args.command.filters() {
+        filters.check()?;
+    }
     let mut client = connect(&args).await?;
     match args.command.as_ref() {
         MailboxCommand::List {
@@ -1030,6 +1081,47 @@ mod tests {
                 mailbox_stix::bundle_id(&["report--1".to_owned(), "report--2".to_owned()])
             );
         }
+    }
+
+    #[test]
+    fn the_sender_column_keeps_the_address() {
+        assert_eq!(
+            sender_address("Lena Fischer <lena.fischer@partner.example.com>"),
+            "lena.fischer@partner.example.com"
+        );
+        assert_eq!(sender_address("a@example.com"), "a@example.com");
+        assert_eq!(sender_address("Only A Name"), "Only A Name");
+        assert_eq!(sender_address("Odd <>"), "Odd <>");
+    }
+
+    #[test]
+    fn filters_say_what_cannot_match() {
+        let filters = |since, until| Filters {
+            since,
+            until,
+            ..Filters::default()
+        };
+        assert!(filters(Some(10), Some(5)).check().is_err());
+        assert!(filters(Some(5), Some(5)).check().is_err());
+        assert!(filters(Some(5), Some(10)).check().is_ok());
+        assert!(filters(None, Some(10)).check().is_ok());
+        let inbox = Filters {
+            folder: Some("inbox".to_owned()),
+            ..Filters::default()
+        };
+        assert_eq!(inbox.request().folder, "INBOX");
+        let other = Filters {
+            folder: Some("Phish Reports".to_owned()),
+            ..Filters::default()
+        };
+        assert_eq!(other.request().folder, "Phish Reports");
+        assert!(parse_source_id("SOC phish").is_err());
+        assert_eq!(
+            parse_source_id("5f0c2b1e-0000-4000-8000-000000000001")
+                .ok()
+                .as_deref(),
+            Some("5f0c2b1e-0000-4000-8000-000000000001")
+        );
     }
 
     #[test]
