@@ -207,7 +207,14 @@ fn score_thresholds_are_fractions() {
 /// connection error holds the I/O error's text and also returns it as its source.
 #[test]
 fn a_service_that_cannot_start_says_each_cause_once() -> anyhow::Result<()> {
-    let output = Command::new(env!("CARGO_BIN_EXE_threatmail"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_threatmail"));
+    // Only this test's settings (scripts/test exports THREATMAIL_STIX_VALIDATOR).
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("THREATMAIL_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
         .args(["serve", "--target", "mailbox"])
         .env("THREATMAIL_MAILBOX__LISTEN", "127.0.0.1:0")
         .env("THREATMAIL_MAILBOX__REDIS_URL", "redis://127.0.0.1:1/")
