@@ -146,9 +146,11 @@ pub struct Summary {
     pub sort_ms: i64,
     /// When it was first stored (Unix ms).
     pub ingested_at_ms: i64,
-    /// Number of distinct indicators.
+    /// Number of distinct indicators found in what the message says (subject, bodies,
+    /// attachments, attached messages' senders; not the top-level transport headers, which
+    /// name relays, ours among them).
     pub indicator_count: u32,
-    /// The kinds of indicator found.
+    /// The kinds of those indicators.
     pub indicator_kinds: Vec<IndicatorKind>,
     /// The most restrictive TLP marking found in the message.
     pub tlp: Option<Tlp>,
@@ -239,7 +241,8 @@ pub(crate) fn summarise(
             (None, None) => String::new(),
         }
     });
-    let mut kinds: Vec<IndicatorKind> = parsed.indicators.iter().map(|i| i.kind).collect();
+    let in_content = || parsed.indicators.iter().filter(|i| i.in_key_scope());
+    let mut kinds: Vec<IndicatorKind> = in_content().map(|i| i.kind).collect();
     kinds.sort();
     kinds.dedup();
     Summary {
@@ -249,7 +252,7 @@ pub(crate) fn summarise(
         date: message.date.clone(),
         sort_ms,
         ingested_at_ms,
-        indicator_count: u32::try_from(parsed.indicators.len()).unwrap_or(u32::MAX),
+        indicator_count: u32::try_from(in_content().count()).unwrap_or(u32::MAX),
         indicator_kinds: kinds,
         tlp: parsed.tlp,
         size: parsed.size,
@@ -277,5 +280,21 @@ mod tests {
         ] {
             assert!(MessageRef::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The relays of the transport headers are not what a message says: they are left out
+    /// of its count and kinds (a `--type ipv4` filter would match every message otherwise).
+    #[test]
+    fn the_summary_counts_indicators_in_content() {
+        let raw = b"Received: from mx.relay.example.net (mx.relay.example.net [198.51.100.7])\r\n\tby mail.example.com\r\nFrom: a@example.com\r\nSubject: see evil.example.org\r\n\r\nno indicator here\r\n";
+        let parsed = threatmail_parse::parse_message(raw);
+        assert!(
+            parsed.indicators.iter().any(|i| i.value == "198.51.100.7"),
+            "{:?}",
+            parsed.indicators
+        );
+        let summary = summarise(&parsed, Vec::new(), "00", 0, 0);
+        assert_eq!(summary.indicator_count, 1, "{:?}", parsed.indicators);
+        assert_eq!(summary.indicator_kinds, vec![IndicatorKind::Domain]);
     }
 }

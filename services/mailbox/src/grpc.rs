@@ -260,6 +260,7 @@ pub fn message_pb(stored: &StoredMessage) -> pb::Message {
                     unicode: i.unicode.clone().unwrap_or_default(),
                     occurrences: i.occurrences,
                     locations,
+                    in_content: i.in_key_scope(),
                 }
             })
             .collect(),

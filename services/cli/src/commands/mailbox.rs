@@ -447,27 +447,15 @@ fn show_text(out: &mut impl Write, m: &pb::Message) -> anyhow::Result<()> {
             when(l.seen_at)
         )?;
     }
-    writeln!(out, "\nIndicators ({}):", m.indicators.len())?;
-    for i in &m.indicators {
-        let places: BTreeSet<String> = i
-            .locations
-            .iter()
-            .map(|l| {
-                if l.detail.is_empty() {
-                    field(&l.source).into_owned()
-                } else {
-                    field(&format!("{}:{}", l.source, l.detail)).into_owned()
-                }
-            })
-            .collect();
-        writeln!(
-            out,
-            "  {:<7} {}{}  [{}]",
-            field(&i.r#type),
-            field(&i.value),
-            if i.defanged { " (defanged)" } else { "" },
-            places.into_iter().collect::<Vec<_>>().join(", ")
-        )?;
+    let (content, headers): (Vec<&pb::Indicator>, Vec<&pb::Indicator>) =
+        m.indicators.iter().partition(|i| i.in_content);
+    writeln!(out, "\nIndicators ({}):", content.len())?;
+    write_indicators(out, &content)?;
+    if !headers.is_empty() {
+        // Relays (ours among them) and authentication results: where the mail went, not
+        // what it says.
+        writeln!(out, "\nIn the transport headers only ({}):", headers.len())?;
+        write_indicators(out, &headers)?;
     }
     if !m.attachments.is_empty() {
         writeln!(out, "\nAttachments:")?;
@@ -522,6 +510,31 @@ fn raw_destination_is_safe(
              and all: give -o FILE, or pipe it (`| less` shows controls as ^[)",
         )
         .into());
+    }
+    Ok(())
+}
+
+fn write_indicators(out: &mut impl Write, indicators: &[&pb::Indicator]) -> anyhow::Result<()> {
+    for i in indicators {
+        let places: BTreeSet<String> = i
+            .locations
+            .iter()
+            .map(|l| {
+                if l.detail.is_empty() {
+                    field(&l.source).into_owned()
+                } else {
+                    field(&format!("{}:{}", l.source, l.detail)).into_owned()
+                }
+            })
+            .collect();
+        writeln!(
+            out,
+            "  {:<7} {}{}  [{}]",
+            field(&i.r#type),
+            field(&i.value),
+            if i.defanged { " (defanged)" } else { "" },
+            places.into_iter().collect::<Vec<_>>().join(", ")
+        )?;
     }
     Ok(())
 }
@@ -649,12 +662,12 @@ impl Summary {
             *self.folders.entry(folder.to_owned()).or_default() += 1;
         }
         let mut types_here = BTreeSet::new();
-        for indicator in &message.indicators {
+        // What the messages say: the relays of the transport headers would outnumber it.
+        for indicator in message.indicators.iter().filter(|i| i.in_content) {
             let (values, _) = self.types.entry(indicator.r#type.clone()).or_default();
             values.insert(indicator.value.clone());
             types_here.insert(indicator.r#type.as_str());
-            let in_content = indicator.locations.iter().any(|l| l.source != "header");
-            if indicator.r#type == "domain" && in_content {
+            if indicator.r#type == "domain" {
                 *self.domains.entry(indicator.value.clone()).or_default() += 1;
             }
             self.defanged += usize::from(indicator.defanged);
@@ -922,6 +935,7 @@ mod tests {
                     r#type: (*kind).to_owned(),
                     value: (*value).to_owned(),
                     defanged: value.contains("bad"),
+                    in_content: !value.starts_with("mx."),
                     locations: vec![pb::FoundAt {
                         source: if value.starts_with("mx.") {
                             "header"
@@ -964,7 +978,11 @@ mod tests {
             "a message counts once per folder"
         );
         assert_eq!(summary.folders["Phish Reports"], 1);
-        assert_eq!(summary.types["domain"].0.len(), 3);
+        assert_eq!(
+            summary.types["domain"].0.len(),
+            2,
+            "mx.example.org is only in the transport headers"
+        );
         assert_eq!(summary.types["domain"].1, 2);
         assert_eq!(summary.types["ipv4"].1, 1);
         assert_eq!(
@@ -976,7 +994,7 @@ mod tests {
         assert_eq!(summary.tlp["none"], 1);
         assert_eq!(summary.defanged, 2);
         let json = summary.to_json(10);
-        assert_eq!(json["indicators"]["domain"]["distinct"], 3);
+        assert_eq!(json["indicators"]["domain"]["distinct"], 2);
         assert_eq!(json["top_domains"][1]["domain"], "x.example.net");
         assert_eq!(
             json["top_domains"].as_array().map(Vec::len),
@@ -1081,6 +1099,30 @@ mod tests {
                 mailbox_stix::bundle_id(&["report--1".to_owned(), "report--2".to_owned()])
             );
         }
+    }
+
+    #[test]
+    fn show_puts_the_relays_apart() -> anyhow::Result<()> {
+        let m = message(
+            "s1/a",
+            &["INBOX"],
+            &[
+                ("domain", "mx.relay.example.net"),
+                ("url", "https://evil.example.org/x"),
+            ],
+            "",
+        );
+        let mut out = Vec::new();
+        show_text(&mut out, &m)?;
+        let text = String::from_utf8(out)?;
+        let (said, relays) = text
+            .split_once("In the transport headers only (1):")
+            .context(text.clone())?;
+        assert!(said.contains("Indicators (1):"), "{text}");
+        assert!(said.contains("https://evil.example.org/x"), "{text}");
+        assert!(!said.contains("mx.relay.example.net"), "{text}");
+        assert!(relays.contains("mx.relay.example.net"), "{text}");
+        Ok(())
     }
 
     #[test]
