@@ -447,6 +447,11 @@ impl Inner {
     ) {
         threatmail_telemetry::record_trace_id(&tracing::Span::current());
         let mut session: Option<SourceSession> = None;
+        // A session that could not be opened (a refused login, an unreachable server) would
+        // fail the same way for every folder of the source: the rest of the round's folders
+        // get that failure without another login, so a revoked permission costs Exchange one
+        // refused login (and its retry) per round, not one per folder.
+        let mut no_session: Option<(String, Judged)> = None;
         for folder in due {
             if stop.is_cancelled() || shutdown.is_cancelled() {
                 break;
@@ -478,18 +483,26 @@ impl Inner {
                 }
             };
             tracing::debug!(folder = %folder, token = lease.token, "lease taken");
-            let outcome = self
-                .attempt(
-                    &record,
-                    &folder,
-                    &lease,
-                    &mut session,
-                    &wanted,
-                    &stop,
-                    &shutdown,
-                )
-                .await;
-            self.finish(&record, &folder, outcome).await;
+            if let Some((tried, judged)) = &no_session {
+                self.fail_untried(&record, &folder, tried, judged).await;
+            } else {
+                let outcome = self
+                    .attempt(
+                        &record,
+                        &folder,
+                        &lease,
+                        &mut session,
+                        &wanted,
+                        &stop,
+                        &shutdown,
+                    )
+                    .await;
+                let opening_failed = matches!(outcome, Outcome::Session(_));
+                let judged = self.finish(&record, &folder, outcome).await;
+                if opening_failed && let Some(judged) = judged {
+                    no_session = Some((folder.clone(), judged));
+                }
+            }
             if let Err(error) = self.store.release_lease(&lease).await {
                 tracing::warn!(folder = %folder, error = %error, "failed to give a lease back; it lapses by itself");
             }
@@ -706,6 +719,31 @@ impl Inner {
         self.write_status(&record.id, status).await;
     }
 
+    /// `folder` was not tried because the source's session could not be opened for `tried`:
+    /// it shows that failure and backs off as if it had failed so itself.
+    async fn fail_untried(
+        &self,
+        record: &SourceRecord,
+        folder: &str,
+        tried: &str,
+        judged: &Judged,
+    ) {
+        let mut status = self.status(&record.id, folder).await;
+        let delay = self.fail(&record.id, folder, judged.throttle);
+        tracing::debug!(folder = %folder, tried = %tried, retry_in = ?delay, "not tried: the source's session could not be opened");
+        status.retry_count = status.retry_count.saturating_add(1);
+        status.connection_state = if judged.needs_user {
+            ConnectionState::Failed
+        } else {
+            ConnectionState::Retrying
+        };
+        status.last_error = Some(FolderError {
+            at: unix_now(),
+            ..judged.error.clone()
+        });
+        self.write_status(&record.id, status).await;
+    }
+
     /// A folder that left the selection, of a source that still exists, shows as disabled.
     async fn mark_stopped(&self, id: &SourceId, folder: &str) {
         let mut status = self.status(id, folder).await;
@@ -715,8 +753,14 @@ impl Inner {
         }
     }
 
-    /// Writes the folder's status after an attempt and sets its back-off.
-    async fn finish(&self, record: &SourceRecord, folder: &str, outcome: Outcome) {
+    /// Writes the folder's status after an attempt and sets its back-off; returns how a
+    /// failure was judged.
+    async fn finish(
+        &self,
+        record: &SourceRecord,
+        folder: &str,
+        outcome: Outcome,
+    ) -> Option<Judged> {
         let mut status = self.status(&record.id, folder).await;
         // Counted from the store, so batches committed by an attempt that failed later (or
         // by a fetcher that died before writing its status) are counted too.
@@ -748,27 +792,27 @@ impl Inner {
                     ConnectionState::Idle
                 };
                 self.write_status(&record.id, status).await;
-                return;
+                return None;
             }
             Outcome::Stopped => {
                 status.connection_state = ConnectionState::Disabled;
                 self.write_status(&record.id, status).await;
-                return;
+                return None;
             }
             Outcome::Shutdown => {
                 status.connection_state = ConnectionState::Idle;
                 self.write_status(&record.id, status).await;
-                return;
+                return None;
             }
             Outcome::LeaseLost => {
                 tracing::warn!(folder = %folder, "lost the folder's lease to another fetcher; it carries on");
-                return;
+                return None;
             }
             Outcome::Session(SessionError::CapReached { .. }) => {
                 tracing::info!(folder = %folder, "the mailbox's connection cap is reached; trying at the next poll");
                 status.connection_state = ConnectionState::Idle;
                 self.write_status(&record.id, status).await;
-                return;
+                return None;
             }
             other => other,
         };
@@ -791,8 +835,9 @@ impl Inner {
         } else {
             ConnectionState::Retrying
         };
-        status.last_error = Some(judged.error);
+        status.last_error = Some(judged.error.clone());
         self.write_status(&record.id, status).await;
+        Some(judged)
     }
 }
 
@@ -800,6 +845,7 @@ impl Inner {
 pub const ACTION_FAILED: &str = "fetcher.action_failed";
 
 /// A failure as the status shows it.
+#[derive(Clone)]
 struct Judged {
     error: FolderError,
     /// The user must change something (as opposed to a fault that may pass).

@@ -1,6 +1,7 @@
 //! Logging in: a refused XOAUTH2 login gets one forced token refresh and one retry; a
 //! second refusal is shown in the folder's status with the DESIGN §1 checklist, and the
-//! folder recovers by itself once the setup is fixed.
+//! folder recovers by itself once the setup is fixed. A refusal costs one login (and its
+//! retry) per round, however many folders the source has.
 
 use threatmail_source::{ConnectionState, FolderStatus};
 use threatmail_testkit::exchange_proxy::{Fault, Script, When};
@@ -176,6 +177,65 @@ async fn a_login_refused_twice_shows_the_checklist_until_the_setup_is_fixed() ->
         (3, 3, 0)
     );
     assert!(shown.last_error.is_none() && shown.last_poll > 0);
+    harness.stop().await
+}
+
+/// A refused login is the source's, not a folder's: the round's other folders get the same
+/// failure without logging in again, so Exchange sees one refused login and its retry per
+/// round however many folders are selected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_tried_once_per_round_not_once_per_folder() -> anyhow::Result<()> {
+    const FOLDERS: [&str; 3] = ["Phish Reports", "Vendor Advisories", "Feeds"];
+    let mut three = TenantFixture::everything_right();
+    let mailbox = FOLDERS
+        .iter()
+        .fold(Mailbox::new(PHISH_MAILBOX), |m, folder| {
+            m.with_messages(folder, (1..=2).map(report).collect())
+        });
+    *three
+        .primary_tenant_mut()
+        .expect("tenant")
+        .exchange
+        .mailbox_mut(PHISH_MAILBOX)
+        .expect("mailbox") = mailbox;
+    let mut harness = Harness::start(three).await?;
+    let proxy = harness
+        .stack
+        .exchange_proxy(
+            Script::passthrough().rule(When::command("AUTHENTICATE").then(Fault::Respond {
+                lines: vec!["{tag} NO AUTHENTICATE failed.".to_owned()],
+                close: false,
+            })),
+        )
+        .await?;
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, proxy.addr(), &FOLDERS)
+        .await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    // One round in this test's time: the back-off after it is longer than the test.
+    config.sync.retry_min = std::time::Duration::from_secs(120);
+    config.sync.retry_max = std::time::Duration::from_secs(120);
+    harness.spawn_fetcher(config).await?;
+
+    for folder in FOLDERS {
+        let failed = harness
+            .wait_status("the refusal in every folder", &id, folder, |s| {
+                s.connection_state == ConnectionState::Failed
+            })
+            .await?;
+        let error = failed.last_error.expect("last error");
+        assert_eq!(
+            error.reason, "imap.authenticate_failed",
+            "{folder}: {error:?}"
+        );
+        assert_eq!(error.checklist.len(), 4, "{folder}");
+        assert_eq!(failed.retry_count, 1, "{folder}");
+    }
+    assert_eq!(
+        proxy.control().script().rules()[0].fired(),
+        2,
+        "one login and its retry with a forced refresh, for three folders"
+    );
     harness.stop().await
 }
 
