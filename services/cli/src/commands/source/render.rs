@@ -465,24 +465,38 @@ pub(super) fn status_lines(status: &pb::SourceStatus) -> Vec<String> {
         "  {:<28} {:<11} {:>8}  {:<16} LAST ERROR",
         "FOLDER", "STATE", "SYNCED", "LAST POLL (UTC)"
     )];
+    // A failure of the source's login is every folder's: its text and checklist are shown
+    // at the first folder, and the others point there.
+    let mut shown: Vec<(String, &str)> = Vec::new();
     for folder in &status.folders {
         let state = if folder.fetch {
             folder.connection_state.as_str()
         } else {
             "not synced"
         };
-        let error = folder
-            .last_error
-            .as_ref()
-            .map(|p| {
-                let retries = if folder.retry_count > 0 {
-                    format!(" (retry {})", folder.retry_count)
-                } else {
-                    String::new()
-                };
-                format!("{}{retries}", problem_line(p))
-            })
-            .unwrap_or_else(|| "-".to_owned());
+        let retries = if folder.retry_count > 0 {
+            format!(" (retry {})", folder.retry_count)
+        } else {
+            String::new()
+        };
+        let mut checklist = folder.last_error_checklist.as_slice();
+        let error = match &folder.last_error {
+            None => "-".to_owned(),
+            Some(p) => {
+                let text = problem_line(p);
+                let key = format!("{text}\n{}", checklist.join("\n"));
+                match shown.iter().find(|(seen, _)| *seen == key) {
+                    Some((_, first)) => {
+                        checklist = &[];
+                        format!("as {first}{retries}")
+                    }
+                    None => {
+                        shown.push((key, folder.display_name.as_str()));
+                        format!("{text}{retries}")
+                    }
+                }
+            }
+        };
         lines.push(format!(
             "  {:<28} {:<11} {:>8}  {:<16} {error}",
             folder.display_name,
@@ -490,9 +504,53 @@ pub(super) fn status_lines(status: &pb::SourceStatus) -> Vec<String> {
             folder.messages_synced,
             when(folder.last_poll)
         ));
-        for (i, step) in folder.last_error_checklist.iter().enumerate() {
+        for (i, step) in checklist.iter().enumerate() {
             lines.push(format!("      {}. {step}", i + 1));
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_every_folder_shares_is_shown_once() {
+        let refused = |name: &str| pb::FolderStatus {
+            display_name: name.to_owned(),
+            fetch: true,
+            connection_state: "failed".to_owned(),
+            retry_count: 2,
+            last_error: Some(pb::Problem {
+                reason: "imap.authenticate_failed".to_owned(),
+                message: "Exchange refused the login".to_owned(),
+                ..Default::default()
+            }),
+            last_error_checklist: vec!["check the grant".to_owned(), "wait".to_owned()],
+            ..Default::default()
+        };
+        let mut other = refused("Feeds");
+        other.last_error_checklist = vec!["something else".to_owned()];
+        let status = pb::SourceStatus {
+            id: "s1".to_owned(),
+            folders: vec![refused("INBOX"), refused("Phish Reports"), other],
+            ..Default::default()
+        };
+        let lines = status_lines(&status);
+        let text = lines.join("\n");
+        assert_eq!(text.matches("check the grant").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("Exchange refused the login").count(),
+            2,
+            "{text}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("Phish Reports") && l.contains("as INBOX (retry 2)")),
+            "{text}"
+        );
+        assert!(text.contains("1. something else"), "{text}");
+    }
 }
