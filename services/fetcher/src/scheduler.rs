@@ -649,7 +649,7 @@ impl Inner {
             loop {
                 tokio::time::sleep(self.settings.renew_interval).await;
                 match self.store.renew_lease(lease, self.settings.lease_ttl).await {
-                    Ok(true) => {}
+                    Ok(true) => self.write_progress(&record.id, folder).await,
                     Ok(false) => return,
                     // The write checks the fence, so a renewal lost to a Redis hiccup
                     // cannot make a stale write; keep trying.
@@ -710,6 +710,23 @@ impl Inner {
         status.updated_at = Some(unix_now());
         if let Err(error) = self.sources.write_folder_status(id, &status).await {
             tracing::warn!(folder = %status.raw_name, error = %error, "failed to write a folder status");
+        }
+    }
+
+    /// While a folder syncs, its status shows the records committed so far (a first sync
+    /// of a large folder would show 0 until it ends otherwise).
+    async fn write_progress(&self, id: &SourceId, folder: &str) {
+        let count = match self.store.count_in_folder(id, folder).await {
+            Ok(count) => count as u64,
+            Err(error) => {
+                tracing::debug!(folder = %folder, error = %error, "failed to count a folder's records");
+                return;
+            }
+        };
+        let mut status = self.status(id, folder).await;
+        if status.messages_synced != count {
+            status.messages_synced = count;
+            self.write_status(id, status).await;
         }
     }
 

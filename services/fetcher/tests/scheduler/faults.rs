@@ -1,8 +1,8 @@
 //! Exchange's behaviours met by the scheduler, through the fault proxy in front of the real
 //! Dovecot: the fleet-wide connection cap, a response that cannot be parsed, throttling,
 //! sessions ended at token expiry, drops inside literals, "not connected", BR-01, stalls, a
-//! hold on the mailbox set in the middle of a sync, and a folder deselected in the middle of
-//! a fetch.
+//! hold on the mailbox set in the middle of a sync, a folder deselected in the middle of
+//! a fetch, and the progress a slow sync shows.
 
 use std::time::Duration;
 
@@ -616,5 +616,35 @@ async fn a_hold_set_mid_sync_stops_the_fetches_until_it_ends() -> anyhow::Result
         .map(|c| (c.name.clone(), c.at.duration_since(held_at)))
         .collect();
     assert!(during.is_empty(), "sent during the hold: {during:?}");
+    harness.stop().await
+}
+
+/// A long first sync shows the records committed so far, not 0 until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_under_way_shows_its_progress() -> anyhow::Result<()> {
+    const FOLDER: &str = "Phish Reports";
+    let mut harness = Harness::start(fixture(&[(FOLDER, 100)])).await?;
+    // Each batch's fetch waits a second, so the sync lasts a few renewals of its lease.
+    let stall = When::command("UID FETCH").then(Fault::Stall {
+        duration: Duration::from_secs(1),
+    });
+    let (_proxy, id) = proxied(&harness, Script::passthrough().rule(stall), &[FOLDER]).await?;
+    let config = harness.fetcher_config("fetcher-a");
+    harness.spawn_fetcher(config).await?;
+
+    let midway = harness
+        .wait_status("progress in the middle of the sync", &id, FOLDER, |s| {
+            s.connection_state == ConnectionState::Syncing
+                && s.messages_synced > 0
+                && s.messages_synced < 100
+        })
+        .await?;
+    assert_eq!(midway.messages_synced % 25, 0, "whole batches: {midway:?}");
+    let done = harness
+        .wait_status("the end of the sync", &id, FOLDER, |s| {
+            s.connection_state == ConnectionState::Idle
+        })
+        .await?;
+    assert_eq!(done.messages_synced, 100);
     harness.stop().await
 }
