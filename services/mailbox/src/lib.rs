@@ -78,6 +78,7 @@ pub async fn run(
 /// Drains every source's outbox each `interval` until `shutdown`.
 async fn drain_outboxes(store: Store, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(interval);
+    let mut outage = Outage::default();
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -85,14 +86,70 @@ async fn drain_outboxes(store: Store, interval: Duration, shutdown: Cancellation
             _ = ticks.tick() => {}
         }
         match store.drain_all().await {
-            Ok(report) if report.emitted > 0 => {
-                tracing::info!(
-                    emitted = report.emitted,
-                    "drained outboxes left by earlier writes"
-                );
+            Ok(report) => {
+                if let Some(failed) = outage.ended() {
+                    tracing::info!(failed_ticks = failed, "outbox drain works again");
+                }
+                if report.emitted > 0 {
+                    tracing::info!(
+                        emitted = report.emitted,
+                        "drained outboxes left by earlier writes"
+                    );
+                }
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(error = %error, "outbox drain failed; retrying next tick"),
+            Err(error) => {
+                let error = threatmail_core::error::chain(&error);
+                if outage.failed(&error) {
+                    tracing::warn!(%error, "outbox drain failed; retrying every tick, logged again when the error changes");
+                }
+            }
         }
+    }
+}
+
+/// A run of failed ticks, so that an outage of Redis logs its error once (and again when
+/// it changes), not every `drain_interval`.
+#[derive(Debug, Default)]
+struct Outage {
+    error: Option<String>,
+    ticks: u64,
+}
+
+impl Outage {
+    /// Counts a failed tick; whether to log `error`.
+    fn failed(&mut self, error: &str) -> bool {
+        self.ticks += 1;
+        let new = self.error.as_deref() != Some(error);
+        if new {
+            self.error = Some(error.to_owned());
+        }
+        new
+    }
+
+    /// A tick succeeded: how many failed before it, if any.
+    fn ended(&mut self) -> Option<u64> {
+        self.error = None;
+        Some(std::mem::take(&mut self.ticks)).filter(|n| *n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outage;
+
+    #[test]
+    fn an_outage_logs_its_error_once_and_when_it_changes() {
+        let mut outage = Outage::default();
+        assert_eq!(outage.ended(), None, "nothing failed yet");
+        let refused = "failed to drain: Connection refused (os error 111)";
+        let logged: Vec<bool> = (0..5).map(|_| outage.failed(refused)).collect();
+        assert_eq!(logged, [true, false, false, false, false]);
+        assert!(
+            outage.failed("failed to drain: timed out"),
+            "a new error is logged"
+        );
+        assert_eq!(outage.ended(), Some(6));
+        assert_eq!(outage.ended(), None);
+        assert!(outage.failed(refused), "a new outage logs again");
     }
 }
