@@ -147,7 +147,7 @@ impl Authenticator {
             Presented::ApiKey { id, whole } => {
                 let store = self.api_keys.as_ref().ok_or(AuthError::Rejected)?;
                 let stored = store.lookup(id).await.map_err(|error| {
-                    tracing::warn!(error = %error, "API key lookup failed");
+                    tracing::warn!(error = %threatmail_core::error::chain(&error), "API key lookup failed");
                     AuthError::Unavailable
                 })?;
                 match stored {
@@ -268,7 +268,7 @@ where
                     inner.call(request).await
                 }
                 Err(error) => {
-                    tracing::info!(rpc = %path, error = %error, "call refused");
+                    tracing::info!(rpc = %path, error = %threatmail_core::error::chain(&error), "call refused");
                     Ok(error.to_status().into_http())
                 }
             }

@@ -249,7 +249,7 @@ impl Store {
                     total.repeated += report.repeated;
                 }
                 Err(error) => {
-                    tracing::warn!(source_id = %source, error = %error, "outbox drain failed");
+                    tracing::warn!(source_id = %source, error = %threatmail_core::error::chain(&error), "outbox drain failed");
                     first_error.get_or_insert(error);
                 }
             }

@@ -421,7 +421,7 @@ impl Store {
             Ok(emitted) => Ok(emitted),
             Err(StoreError::InjectedCrash(point)) => return Err(StoreError::InjectedCrash(point)),
             Err(error) => {
-                tracing::warn!(error = %error, "emitting after the write failed; the periodic drain retries");
+                tracing::warn!(error = %threatmail_core::error::chain(&error), "emitting after the write failed; the periodic drain retries");
                 Err(error.to_string())
             }
         };

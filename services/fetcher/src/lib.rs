@@ -89,7 +89,7 @@ pub async fn run(
     if let Some(task) = scheduler
         && let Err(error) = task.await
     {
-        tracing::error!(error = %error, "the scheduler task failed");
+        tracing::error!(error = %threatmail_core::error::chain(&error), "the scheduler task failed");
     }
     served?;
     tracing::info!("fetcher stopped");

@@ -182,7 +182,7 @@ async fn release(parts: &SessionParts, mailbox: &str, connection_id: &str) {
         .release_connection_slot(mailbox, connection_id)
         .await
     {
-        tracing::warn!(error = %error, "failed to free a connection slot; it lapses by itself");
+        tracing::warn!(error = %threatmail_core::error::chain(&error), "failed to free a connection slot; it lapses by itself");
     }
 }
 

@@ -432,7 +432,7 @@ async fn held(holds: Option<&ConnectionSlots>, user: &str) -> Option<Duration> {
     match holds?.mailbox_held(user).await {
         Ok(left) => left,
         Err(error) => {
-            tracing::debug!(error = %error, "could not read the fleet's throttling");
+            tracing::debug!(error = %threatmail_core::error::chain(&error), "could not read the fleet's throttling");
             None
         }
     }

@@ -80,7 +80,7 @@ impl From<StoreError> for MailboxError {
 impl From<MailboxError> for tonic::Status {
     fn from(error: MailboxError) -> Self {
         if error.code() == tonic::Code::Unavailable || error.code() == tonic::Code::Internal {
-            tracing::warn!(error = %error, "mailbox request failed");
+            tracing::warn!(error = %threatmail_core::error::chain(&error), "mailbox request failed");
         }
         let mut status = tonic::Status::new(error.code(), error.to_string());
         status.metadata_mut().insert(

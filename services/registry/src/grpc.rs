@@ -61,7 +61,7 @@ fn reply<T>(result: crate::error::Result<T>) -> Result<Response<T>, Status> {
         Ok(value) => Ok(Response::new(value)),
         Err(error) => {
             let (code, reason) = error.code_and_reason();
-            tracing::info!(code = ?code, reason = %reason, error = %error, "request refused");
+            tracing::info!(code = ?code, reason = %reason, error = %threatmail_core::error::chain(&error), "request refused");
             Err(error.to_status())
         }
     }

@@ -165,7 +165,7 @@ impl Broker {
                 });
             }
             Err(error) => {
-                tracing::warn!(source_id = %source_id, error = %error, "failed to read a source");
+                tracing::warn!(source_id = %source_id, error = %threatmail_core::error::chain(&error), "failed to read a source");
                 return Err(BrokerError::Redis);
             }
         };
@@ -465,7 +465,7 @@ impl Broker {
                 now: self.clock.now_ms(),
             },
             CacheError::Store(error) => {
-                tracing::warn!(error = %error, "the shared token cache failed");
+                tracing::warn!(error = %threatmail_core::error::chain(&error), "the shared token cache failed");
                 BrokerError::Redis
             }
             CacheError::LockWait => BrokerError::Busy,

@@ -409,7 +409,7 @@ impl<S: SharedStore, E: FetchFailure> TokenCache<S, E> {
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(key = %key, error = %error, "background token refresh failed");
+                        tracing::warn!(key = %key, error = %threatmail_core::error::chain(&error), "background token refresh failed");
                     }
                 }
             };
@@ -672,7 +672,7 @@ impl<S: SharedStore, E: FetchFailure> Inner<S, E> {
 
     async fn unlock(&self, key: &CacheKey, owner: &str) {
         if let Err(error) = self.store.unlock(key, owner).await {
-            tracing::warn!(key = %key, error = %error, "failed to release a token refresh lock; it expires on its own");
+            tracing::warn!(key = %key, error = %threatmail_core::error::chain(&error), "failed to release a token refresh lock; it expires on its own");
         }
     }
 
@@ -702,7 +702,7 @@ impl<S: SharedStore, E: FetchFailure> Inner<S, E> {
                     .complete(key, owner, Completion::Token(&stored))
                     .await
                 {
-                    tracing::warn!(key = %key, error = %error, "failed to share a new token; other brokers will ask entra themselves");
+                    tracing::warn!(key = %key, error = %threatmail_core::error::chain(&error), "failed to share a new token; other brokers will ask entra themselves");
                 }
                 let now = self.clock.now_ms();
                 slot.write(|s| s.failure = None);

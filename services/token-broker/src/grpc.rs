@@ -61,7 +61,7 @@ impl TokenBroker for TokenBrokerService {
                 Ok(Response::new(reply))
             }
             Err(error) => {
-                tracing::info!(reason = %error.problem().reason, error = %error, "no token");
+                tracing::info!(reason = %error.problem().reason, error = %threatmail_core::error::chain(&error), "no token");
                 Err(error.to_status())
             }
         }
@@ -82,7 +82,7 @@ impl TokenBroker for TokenBrokerService {
                 Ok(Response::new(reply))
             }
             Err(error) => {
-                tracing::info!(reason = %error.problem().reason, error = %error, "credential test failed");
+                tracing::info!(reason = %error.problem().reason, error = %threatmail_core::error::chain(&error), "credential test failed");
                 Err(error.to_status())
             }
         }
