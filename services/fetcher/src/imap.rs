@@ -121,6 +121,12 @@ impl ImapError {
             ImapError::TokenExpired { .. } => "imap.token_expired",
             ImapError::Closed { .. } => "imap.closed",
             ImapError::CommandFailed { .. } => "imap.command_failed",
+            // A dropped connection (a reset, a broken pipe, EOF) is the network's, not a
+            // response that could not be parsed.
+            ImapError::Protocol {
+                source: async_imap::error::Error::Io(_) | async_imap::error::Error::ConnectionLost,
+                ..
+            } => "imap.connection_lost",
             ImapError::Protocol { .. } => "imap.protocol_error",
         }
     }
@@ -155,6 +161,28 @@ mod tests {
             "AUTHENTICATE failed."
         );
         assert_eq!(server_text("plain words"), "plain words");
+    }
+
+    #[test]
+    fn a_dropped_connection_is_no_protocol_error() {
+        let protocol = |source| ImapError::Protocol {
+            server: "imap.example.com:993".to_owned(),
+            step: "UID FETCH",
+            source,
+        };
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            protocol(async_imap::error::Error::Io(pipe)).reason(),
+            "imap.connection_lost"
+        );
+        assert_eq!(
+            protocol(async_imap::error::Error::ConnectionLost).reason(),
+            "imap.connection_lost"
+        );
+        assert_eq!(
+            protocol(async_imap::error::Error::Bad("x".to_owned())).reason(),
+            "imap.protocol_error"
+        );
     }
 
     #[test]
