@@ -71,6 +71,8 @@ struct Inner {
     limits: SyncLimits,
     /// Per (source, folder): failures in a row on this fetcher and when to try again.
     backoff: Mutex<HashMap<(SourceId, String), Backoff>>,
+    /// Told when a back-off is set, so the poll loop can wake when it ends.
+    backoff_set: tokio::sync::Notify,
     /// Mailboxes (lower case) Exchange is throttling, and until when, as this fetcher knows;
     /// the fleet's holds are in Redis ([`crate::connections`]).
     throttled: Mutex<HashMap<String, Instant>>,
@@ -171,6 +173,7 @@ impl Scheduler {
                 settings,
                 limits,
                 backoff: Mutex::new(HashMap::new()),
+                backoff_set: tokio::sync::Notify::new(),
                 throttled: Mutex::new(HashMap::new()),
             }),
         }
@@ -187,11 +190,22 @@ impl Scheduler {
         );
         let mut rounds: HashMap<SourceId, Round> = HashMap::new();
         let mut wanted_before: HashMap<SourceId, Vec<String>> = HashMap::new();
-        loop {
+        'polls: loop {
             self.poll(&mut rounds, &mut wanted_before, &shutdown).await;
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(self.inner.settings.poll_interval) => {}
+            // The next poll, or sooner a failed folder's retry: a back-off shorter than the
+            // poll interval is kept as logged, not rounded up to the next poll. A failure
+            // in a round started by this poll sets its back-off later, and wakes this.
+            let next_poll = Instant::now() + self.inner.settings.poll_interval;
+            loop {
+                let wake = self
+                    .inner
+                    .next_retry()
+                    .map_or(next_poll, |retry| retry.min(next_poll));
+                tokio::select! {
+                    () = shutdown.cancelled() => break 'polls,
+                    () = tokio::time::sleep_until(wake) => break,
+                    () = self.inner.backoff_set.notified() => {}
+                }
             }
         }
         let handles: Vec<JoinHandle<()>> = rounds.into_values().map(|r| r.handle).collect();
@@ -373,6 +387,18 @@ impl Inner {
         }
     }
 
+    /// When the soonest back-off still running ends.
+    fn next_retry(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|b| b.not_before)
+            .filter(|at| *at > now)
+            .min()
+    }
+
     fn backing_off(&self, id: &SourceId, folder: &str) -> bool {
         self.backoff
             .lock()
@@ -401,6 +427,7 @@ impl Inner {
             delay = delay.max(floor);
         }
         entry.not_before = Instant::now() + delay;
+        self.backoff_set.notify_one();
         delay
     }
 

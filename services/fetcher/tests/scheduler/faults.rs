@@ -648,3 +648,36 @@ async fn a_sync_under_way_shows_its_progress() -> anyhow::Result<()> {
     assert_eq!(done.messages_synced, 100);
     harness.stop().await
 }
+
+/// A failed folder is tried again when its back-off ends, not at the next poll: with a
+/// 30 s poll interval, a dropped EXAMINE is retried within the back-off's second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_folder_is_retried_when_its_back_off_ends() -> anyhow::Result<()> {
+    const FOLDER: &str = "Phish Reports";
+    let mut harness = Harness::start(fixture(&[(FOLDER, 3)])).await?;
+    let drop_once = When::command("EXAMINE").then(Fault::Disconnect).once();
+    let (proxy, id) = proxied(&harness, Script::passthrough().rule(drop_once), &[FOLDER]).await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.sync.poll_interval = Duration::from_secs(30);
+    harness.spawn_fetcher(config).await?;
+    harness
+        .wait_status("the sync after the retry", &id, FOLDER, |s| {
+            s.last_uid == Some(3) && s.connection_state == ConnectionState::Idle
+        })
+        .await?;
+    let examines: Vec<_> = proxy
+        .control()
+        .commands_for(PHISH_MAILBOX)
+        .into_iter()
+        .filter(|c| c.name.eq_ignore_ascii_case("EXAMINE"))
+        .collect();
+    let (dropped, retried) = (&examines[0], &examines[1]);
+    assert_eq!(dropped.fault, Some(FaultKind::Disconnected));
+    let waited = retried.at.duration_since(dropped.at);
+    // A first failure backs off about retry_min (200 ms here); the poll interval is 30 s.
+    assert!(
+        waited < Duration::from_secs(10),
+        "retried {waited:?} after the drop"
+    );
+    harness.stop().await
+}
