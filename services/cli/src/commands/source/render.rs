@@ -469,10 +469,12 @@ pub(super) fn status_lines(status: &pb::SourceStatus) -> Vec<String> {
     // at the first folder, and the others point there.
     let mut shown: Vec<(String, &str)> = Vec::new();
     for folder in &status.folders {
-        let state = if folder.fetch {
-            folder.connection_state.as_str()
-        } else {
-            "not synced"
+        let state = match (folder.fetch, folder.connection_state.as_str()) {
+            (false, _) => "not synced",
+            // Selected, and no fetcher has polled it since: a new selection, or one made
+            // again after the folder was deselected.
+            (true, "unknown" | "disabled") => "queued",
+            (true, state) => state,
         };
         let retries = if folder.retry_count > 0 {
             format!(" (retry {})", folder.retry_count)
@@ -516,6 +518,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_selected_folder_no_fetcher_has_polled_is_queued() {
+        let folder = |name: &str, fetch: bool, state: &str| pb::FolderStatus {
+            display_name: name.to_owned(),
+            fetch,
+            connection_state: state.to_owned(),
+            ..Default::default()
+        };
+        let status = pb::SourceStatus {
+            id: "s1".to_owned(),
+            folders: vec![
+                folder("New", true, "unknown"),
+                folder("Again", true, "disabled"),
+                folder("Left", false, "disabled"),
+                folder("Busy", true, "syncing"),
+            ],
+            ..Default::default()
+        };
+        let lines = status_lines(&status);
+        let state_of = |name: &str| {
+            lines
+                .iter()
+                .find(|l| l.trim_start().starts_with(name))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
+        };
+        assert_eq!(state_of("New").as_deref(), Some("queued"));
+        assert_eq!(state_of("Again").as_deref(), Some("queued"));
+        assert_eq!(state_of("Left").as_deref(), Some("not"));
+        assert_eq!(state_of("Busy").as_deref(), Some("syncing"));
+    }
+
+    #[test]
     fn a_failure_every_folder_shares_is_shown_once() {
         let refused = |name: &str| pb::FolderStatus {
             display_name: name.to_owned(),
@@ -539,6 +572,7 @@ mod tests {
         };
         let lines = status_lines(&status);
         let text = lines.join("\n");
+        assert!(!text.contains("queued"), "{text}");
         assert_eq!(text.matches("check the grant").count(), 1, "{text}");
         assert_eq!(
             text.matches("Exchange refused the login").count(),
