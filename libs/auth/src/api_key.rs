@@ -180,13 +180,25 @@ impl RedisApiKeys {
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredApiKey>, ApiKeyError> {
-        let mut conn = self.conn.clone();
-        let (hash, roles, label, created_at, revoked): StoredFields = redis::cmd("HMGET")
-            .arg(api_key_key(id))
-            .arg(&["hash", "roles", "label", "created_at", "revoked"][..])
-            .query_async(&mut conn)
-            .await
-            .map_err(ApiKeyError::Redis)?;
+        let read = || {
+            let mut conn = self.conn.clone();
+            let key = api_key_key(id);
+            async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(&["hash", "roles", "label", "created_at", "revoked"][..])
+                    .query_async::<StoredFields>(&mut conn)
+                    .await
+            }
+        };
+        // After Redis restarts, the connection manager learns that its connection died from
+        // the first command sent on it, which fails while it reconnects; every request's key
+        // check reads here, so one read again keeps that first request from failing.
+        let (hash, roles, label, created_at, revoked) = match read().await {
+            Err(error) if error.is_connection_dropped() || error.is_io_error() => read().await,
+            other => other,
+        }
+        .map_err(ApiKeyError::Redis)?;
         let Some(hash) = hash else {
             return Ok(None);
         };

@@ -176,3 +176,30 @@ async fn credentials_against_requirements() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// When Redis drops the key store's connection (as when it restarts), the next key check
+/// still answers: the first read on the dead connection fails and is read again.
+#[tokio::test]
+async fn a_key_check_survives_a_dropped_redis_connection() -> anyhow::Result<()> {
+    use threatmail_auth::ApiKeyStore as _;
+
+    let redis = RedisServer::start()?;
+    let keys = RedisApiKeys::new(redis.connection_manager().await?);
+    let viewer = keys
+        .create("analyst", RoleSet::of(&[Role::View]), 0)
+        .await?;
+    assert!(keys.lookup(&viewer.id).await?.is_some());
+    let mut admin = redis.client().get_multiplexed_async_connection().await?;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut admin)
+        .await?;
+    assert!(killed >= 1, "the key store's connection was killed");
+    // The kill reaches the client's reader asynchronously.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let found = keys.lookup(&viewer.id).await?;
+    assert_eq!(found.map(|k| k.roles), Some(RoleSet::of(&[Role::View])));
+    Ok(())
+}
