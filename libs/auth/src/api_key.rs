@@ -191,14 +191,12 @@ impl RedisApiKeys {
                     .await
             }
         };
-        // After Redis restarts, the connection manager learns that its connection died from
-        // the first command sent on it, which fails while it reconnects; every request's key
-        // check reads here, so one read again keeps that first request from failing.
-        let (hash, roles, label, created_at, revoked) = match read().await {
-            Err(error) if error.is_connection_dropped() || error.is_io_error() => read().await,
-            other => other,
-        }
-        .map_err(ApiKeyError::Redis)?;
+        // Every request's key check reads here: the first one after a Redis restart must
+        // not fail.
+        let (hash, roles, label, created_at, revoked) =
+            threatmail_runtime::read_again_if_dropped(read)
+                .await
+                .map_err(ApiKeyError::Redis)?;
         let Some(hash) = hash else {
             return Ok(None);
         };

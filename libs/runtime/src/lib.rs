@@ -231,6 +231,21 @@ pub async fn connect_redis(
     .with_context(|| format!("failed to connect to redis at {shown} (check redis_url)"))
 }
 
+/// Runs the read `query` again once when its first try met a dropped connection or an I/O
+/// error. After Redis restarts, a connection manager learns that its connection died from
+/// the first command sent on it, which fails while it reconnects; only for reads, which
+/// change nothing if the first try did reach Redis.
+pub async fn read_again_if_dropped<T, F, Fut>(mut query: F) -> redis::RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    match query().await {
+        Err(error) if error.is_connection_dropped() || error.is_io_error() => query().await,
+        other => other,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -174,12 +174,21 @@ impl SourceStore {
 
     /// The record with `id`, with its version, or `None`.
     pub async fn get(&self, id: &SourceId) -> Result<Option<SourceRecord>> {
-        let mut conn = self.conn.clone();
-        let (version, record): (Option<u64>, Option<String>) = redis::cmd("HMGET")
-            .arg(source_key(id))
-            .arg(VERSION_FIELD)
-            .arg(RECORD_FIELD)
-            .query_async(&mut conn)
+        let read = || {
+            let mut conn = self.conn.clone();
+            let key = source_key(id);
+            async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(VERSION_FIELD)
+                    .arg(RECORD_FIELD)
+                    .query_async::<(Option<u64>, Option<String>)>(&mut conn)
+                    .await
+            }
+        };
+        // The broker reads a source for every token request: the first one after a Redis
+        // restart must not fail.
+        let (version, record) = threatmail_runtime::read_again_if_dropped(read)
             .await
             .map_err(Self::redis_error(id))?;
         let (Some(version), Some(record)) = (version, record) else {

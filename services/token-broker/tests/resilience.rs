@@ -540,3 +540,33 @@ async fn no_secret_or_token_is_stored_in_clear_in_redis() {
         );
     }
 }
+
+/// When Redis drops the broker's connection (as when it restarts), the next token request
+/// still gets the cached token: the cache's first read on the dead connection is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_request_survives_a_dropped_redis_connection() {
+    let stack = Stack::start().await;
+    let broker = stack.broker(stack.config()).await;
+    let mut client = stack.client(&broker).await;
+    let source = stack.add_source().await;
+    let first = get_token(&mut client, &source).await.unwrap();
+    let mut admin = stack
+        .redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = get_token(&mut client, &source).await.unwrap();
+    assert_eq!(again.access_token, first.access_token);
+    assert!(again.from_cache);
+    assert_eq!(stack.requests(), 1, "no new token was asked of Entra");
+}

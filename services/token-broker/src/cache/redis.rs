@@ -112,11 +112,19 @@ impl RedisStore {
 
 impl SharedStore for RedisStore {
     async fn load(&self, key: &CacheKey) -> Result<SharedState, StoreError> {
-        let mut conn = self.conn.clone();
-        let (token, failure): (Option<String>, Option<String>) = redis::cmd("MGET")
-            .arg(token_key(key))
-            .arg(failure_key(key))
-            .query_async(&mut conn)
+        let read = || {
+            let mut conn = self.conn.clone();
+            let keys = [token_key(key), failure_key(key)];
+            async move {
+                redis::cmd("MGET")
+                    .arg(&keys[..])
+                    .query_async::<(Option<String>, Option<String>)>(&mut conn)
+                    .await
+            }
+        };
+        // Every token request reads here first: the first one after a Redis restart must
+        // not fail.
+        let (token, failure) = threatmail_runtime::read_again_if_dropped(read)
             .await
             .map_err(StoreError::Redis)?;
         Ok(SharedState {
