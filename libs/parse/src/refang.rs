@@ -12,15 +12,12 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-/// The defanged forms of the labelled README (rule 2) and a few common variants, and the
-/// invisible characters that break an indicator up without showing (soft hyphen, zero-width
-/// ones, bidi marks, embeddings, overrides and isolates, word joiner, BOM): `ev\u{200b}il.com`
-/// reads as `evil.com` and is scanned as it reads.
+/// The defanged forms of the labelled README (rule 2) and a few common variants.
 static DEFANG: LazyLock<Regex> = LazyLock::new(|| {
     // Literal alternatives only; the regex crate compiles them into a linear-time matcher.
     #[allow(clippy::unwrap_used)] // a constant pattern, checked by every test
     Regex::new(
-        r"(?i)\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\)|\{dot\}|\[at\]|\(at\)|\{at\}|\[@\]|\(@\)|\{@\}|\[:\]|\[://\]|\[/\]|hxxp|[\x{ad}\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}\x{2066}-\x{2069}\x{feff}]",
+        r"(?i)\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\)|\{dot\}|\[at\]|\(at\)|\{at\}|\[@\]|\(@\)|\{@\}|\[:\]|\[://\]|\[/\]|hxxp",
     )
     .unwrap()
 });
@@ -42,8 +39,67 @@ impl Refanged<'_> {
     }
 }
 
-/// Refangs `text`.
+/// Refangs `text`, first dropping the invisible characters that break an indicator up
+/// without showing: `ev\u{200b}il.com` reads as `evil.com` and is scanned as it reads.
 pub(crate) fn refang(text: &str) -> Refanged<'_> {
+    match visible(text) {
+        Cow::Borrowed(text) => refang_forms(text),
+        Cow::Owned(text) => {
+            let refanged = refang_forms(&text);
+            Refanged {
+                text: Cow::Owned(refanged.text.into_owned()),
+                spans: refanged.spans,
+            }
+        }
+    }
+}
+
+/// `text` without soft hyphens, zero-width characters and marks (U+200B–U+200F), bidi
+/// embeddings and overrides (U+202A–U+202E), the word joiner, bidi isolates
+/// (U+2066–U+2069) and the BOM; borrowed when it has none. A byte scan (the text is mostly
+/// ASCII, and a regex alternative here would cost every text its literal prefilter).
+fn visible(text: &str) -> Cow<'_, str> {
+    if text.is_ascii() {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let (mut copied, mut i) = (0, 0);
+    while i < bytes.len() {
+        let len = invisible_len(bytes, i);
+        if len == 0 {
+            i += 1;
+            continue;
+        }
+        // A lead byte (C2, E2, EF) always starts a character.
+        let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
+        buf.push_str(&text[copied..i]);
+        i += len;
+        copied = i;
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut buf) => {
+            buf.push_str(&text[copied..]);
+            Cow::Owned(buf)
+        }
+    }
+}
+
+/// The UTF-8 length of the invisible character at `bytes[i]`, or 0.
+fn invisible_len(bytes: &[u8], i: usize) -> usize {
+    let next = |k: usize| bytes.get(i + k).copied();
+    match (bytes[i], next(1), next(2)) {
+        (0xC2, Some(0xAD), _) => 2,
+        (0xE2, Some(0x80), Some(0x8B..=0x8F | 0xAA..=0xAE)) => 3,
+        (0xE2, Some(0x81), Some(0xA0 | 0xA6..=0xA9)) => 3,
+        (0xEF, Some(0xBB), Some(0xBF)) => 3,
+        _ => 0,
+    }
+}
+
+/// Refangs the defanged forms of `text`.
+fn refang_forms(text: &str) -> Refanged<'_> {
     let mut out: Option<String> = None;
     let mut spans = Vec::new();
     let mut copied = 0;
@@ -55,10 +111,7 @@ pub(crate) fn refang(text: &str) -> Refanged<'_> {
         buf.push_str(&text[copied..start]);
         let at = buf.len();
         buf.push_str(replacement);
-        // A dropped invisible character is no defanged form.
-        if !replacement.is_empty() {
-            spans.push(at..buf.len());
-        }
+        spans.push(at..buf.len());
         copied = end;
     }
     match out {
@@ -86,10 +139,6 @@ fn replacement(
     end: usize,
     floor: usize,
 ) -> Option<(&'static str, usize, usize)> {
-    if !text[start..end].is_ascii() {
-        // One of the invisible characters (every other form is ASCII): dropped.
-        return Some(("", start, end));
-    }
     let lower = text[start..end].to_ascii_lowercase();
     let before = text[..start].chars().next_back();
     let after = text[end..].chars().next();
