@@ -298,7 +298,7 @@ impl Scheduler {
         let listed = match self.inner.sources.list().await {
             Ok(listed) => listed,
             Err(error) => {
-                tracing::warn!(error = %threatmail_core::error::chain(&error), "failed to read the sources; trying again at the next poll");
+                tracing::warn!(error = %chain(&error), "failed to read the sources; trying again at the next poll");
                 return None;
             }
         };
@@ -322,7 +322,7 @@ impl Scheduler {
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(source_id = %record.id, error = %threatmail_core::error::chain(&error), "failed to read a folder selection");
+                    tracing::warn!(source_id = %record.id, error = %chain(&error), "failed to read a folder selection");
                     return None;
                 }
             }
@@ -361,7 +361,7 @@ impl Inner {
             .hold_mailbox(mailbox, wait, &self.session.instance)
             .await
         {
-            tracing::warn!(error = %threatmail_core::error::chain(&error), "failed to share the throttling with the fleet; this fetcher still waits");
+            tracing::warn!(error = %chain(&error), "failed to share the throttling with the fleet; this fetcher still waits");
         }
     }
 
@@ -381,7 +381,7 @@ impl Inner {
             }
             Ok(None) => false,
             Err(error) => {
-                tracing::debug!(error = %threatmail_core::error::chain(&error), "could not read the fleet's throttling");
+                tracing::debug!(error = %chain(&error), "could not read the fleet's throttling");
                 false
             }
         }
@@ -443,7 +443,7 @@ impl Inner {
         let statuses = match self.sources.folder_statuses(&record.id, wanted).await {
             Ok(statuses) => statuses,
             Err(error) => {
-                tracing::warn!(source_id = %record.id, error = %threatmail_core::error::chain(&error), "failed to read folder status");
+                tracing::warn!(source_id = %record.id, error = %chain(&error), "failed to read folder status");
                 return Vec::new();
             }
         };
@@ -505,7 +505,7 @@ impl Inner {
                     continue;
                 }
                 Err(error) => {
-                    tracing::warn!(folder = %folder, error = %threatmail_core::error::chain(&error), "failed to take a folder lease");
+                    tracing::warn!(folder = %folder, error = %chain(&error), "failed to take a folder lease");
                     continue;
                 }
             };
@@ -531,7 +531,7 @@ impl Inner {
                 }
             }
             if let Err(error) = self.store.release_lease(&lease).await {
-                tracing::warn!(folder = %folder, error = %threatmail_core::error::chain(&error), "failed to give a lease back; it lapses by itself");
+                tracing::warn!(folder = %folder, error = %chain(&error), "failed to give a lease back; it lapses by itself");
             }
         }
         if let Some(open) = session.take() {
@@ -575,7 +575,7 @@ impl Inner {
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(error = %threatmail_core::error::chain(&error), "failed to refresh a connection slot")
+                        tracing::warn!(error = %chain(&error), "failed to refresh a connection slot")
                     }
                 }
             }
@@ -681,7 +681,7 @@ impl Inner {
                     // The write checks the fence, so a renewal lost to a Redis hiccup
                     // cannot make a stale write; keep trying.
                     Err(error) => {
-                        tracing::warn!(error = %threatmail_core::error::chain(&error), "failed to renew a lease")
+                        tracing::warn!(error = %chain(&error), "failed to renew a lease")
                     }
                 }
                 if let Err(error) = self
@@ -695,7 +695,7 @@ impl Inner {
                     )
                     .await
                 {
-                    tracing::warn!(error = %threatmail_core::error::chain(&error), "failed to refresh a connection slot");
+                    tracing::warn!(error = %chain(&error), "failed to refresh a connection slot");
                 }
             }
         };
@@ -725,7 +725,7 @@ impl Inner {
             Ok(mut statuses) if !statuses.is_empty() => statuses.swap_remove(0),
             Ok(_) => FolderStatus::new(folder),
             Err(error) => {
-                tracing::warn!(folder = %folder, error = %threatmail_core::error::chain(&error), "failed to read a folder status");
+                tracing::warn!(folder = %folder, error = %chain(&error), "failed to read a folder status");
                 FolderStatus::new(folder)
             }
         }
@@ -738,7 +738,7 @@ impl Inner {
         }
         status.updated_at = Some(unix_now());
         if let Err(error) = self.sources.write_folder_status(id, &status).await {
-            tracing::warn!(folder = %status.raw_name, error = %threatmail_core::error::chain(&error), "failed to write a folder status");
+            tracing::warn!(folder = %status.raw_name, error = %chain(&error), "failed to write a folder status");
         }
     }
 
@@ -748,7 +748,7 @@ impl Inner {
         let count = match self.store.count_in_folder(id, folder).await {
             Ok(count) => count as u64,
             Err(error) => {
-                tracing::debug!(folder = %folder, error = %threatmail_core::error::chain(&error), "failed to count a folder's records");
+                tracing::debug!(folder = %folder, error = %chain(&error), "failed to count a folder's records");
                 return;
             }
         };
@@ -813,7 +813,7 @@ impl Inner {
         match self.store.count_in_folder(&record.id, folder).await {
             Ok(count) => status.messages_synced = count as u64,
             Err(error) => {
-                tracing::warn!(folder = %folder, error = %threatmail_core::error::chain(&error), "failed to count a folder's records")
+                tracing::warn!(folder = %folder, error = %chain(&error), "failed to count a folder's records")
             }
         }
         let failure = match outcome {
