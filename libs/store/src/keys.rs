@@ -11,8 +11,6 @@
 //! | `P by-sha:<sha256>` | string | the id of the record holding a raw rendering with this SHA-256 |
 //! | `P index` | zset (lex) | one sort key per record |
 //! | `P folder-index` | zset (lex) | `<folder>\0<sort key>` per location's folder |
-//! | `P sender:<address>`, `P sender:@<domain>` | zset (lex) | the sort keys of the records from that From/Sender address or domain |
-//! | `P ioc:<kind>:<value>` | zset (lex) | the sort keys of the records holding that indicator |
 //! | `P checkpoint:<folder>` | hash | `uidvalidity`, `last_uid`, `updated_at` |
 //! | `P lease:<folder>` | string | `<fencing token>:<owner>`, with an expiry: the folder's lease |
 //! | `P fence-seq:<folder>` | string | the last fencing token handed out for the folder |
@@ -26,8 +24,14 @@
 //! |---|---|---|
 //! | `M events` | stream | one `message.stored` event per record |
 //! | `M emitted` | hash | `<source id>/<id>` → the event's stream id: the idempotency marker |
-//! | `M index`, `M sender:…`, `M ioc:…` | zset (lex) | as the per-source ones, over every source |
+//! | `M index` | zset (lex) | as the per-source one, over every source |
+//! | `M sender:<address>`, `M sender:@<domain>` | zset (lex) | the sort keys of the records from that From/Sender address or domain |
+//! | `M ioc:<kind>:<value>` | zset (lex) | the sort keys of the records holding that indicator |
 //! | `M sources` | set | the sources that ever wrote, for draining their outboxes |
+//!
+//! The sender and indicator indexes exist only across sources: a sort key names its source,
+//! so a list of one source walks them and skips the others' entries. Keeping a per-source
+//! copy as well wrote every term twice, the larger half of the store's Redis work.
 //!
 //! A sort key is `<ms:013>|<source id>|<id>`: the message's time in milliseconds (its `Date`,
 //! or when it was stored if it has none or one later than that), zero-padded so that byte
@@ -68,20 +72,14 @@ pub fn folder_index_key(source: &SourceId) -> String {
     format!("tm:{{{}}}:folder-index", source.as_str())
 }
 
-/// The index key of a sender term (an address, or `@domain`) in `source`, or across sources.
-pub fn sender_key(source: Option<&SourceId>, term: &str) -> String {
-    match source {
-        Some(source) => format!("tm:{{{}}}:sender:{term}", source.as_str()),
-        None => format!("{GLOBAL_PREFIX}sender:{term}"),
-    }
+/// The index key of a sender term (an address, or `@domain`), across sources.
+pub fn sender_key(term: &str) -> String {
+    format!("{GLOBAL_PREFIX}sender:{term}")
 }
 
-/// The index key of an indicator term (`<kind>:<value>`) in `source`, or across sources.
-pub fn ioc_key(source: Option<&SourceId>, term: &str) -> String {
-    match source {
-        Some(source) => format!("tm:{{{}}}:ioc:{term}", source.as_str()),
-        None => format!("{GLOBAL_PREFIX}ioc:{term}"),
-    }
+/// The index key of an indicator term (`<kind>:<value>`), across sources.
+pub fn ioc_key(term: &str) -> String {
+    format!("{GLOBAL_PREFIX}ioc:{term}")
 }
 
 /// `tm:{<source id>}:checkpoint:<folder>`.
@@ -167,8 +165,6 @@ mod tests {
             state_key(&source, &id),
             index_key(&source),
             folder_index_key(&source),
-            sender_key(Some(&source), "@evil.example"),
-            ioc_key(Some(&source), "url:http://{x}/"),
             checkpoint_key(&source, folder),
             lease_key(&source, folder),
             fence_seq_key(&source, folder),
@@ -186,8 +182,8 @@ mod tests {
             EMITTED.to_owned(),
             GLOBAL_INDEX.to_owned(),
             SOURCES.to_owned(),
-            sender_key(None, "a@b.example"),
-            ioc_key(None, "domain:b.example"),
+            sender_key("a@b.example"),
+            ioc_key("url:http://{x}/"),
         ] {
             assert_eq!(slot(&key), slot("mailbox"), "{key}");
         }

@@ -185,11 +185,11 @@ impl Store {
                 .arg(entry.ingested_at)
                 .arg(entry.senders.len());
             for term in entry.senders {
-                invocation.arg(keys::sender_key(None, term));
+                invocation.arg(keys::sender_key(term));
             }
             invocation.arg(entry.iocs.len());
             for term in entry.iocs {
-                invocation.arg(keys::ioc_key(None, term));
+                invocation.arg(keys::ioc_key(term));
             }
         }
         let mut conn = self.conn.clone();

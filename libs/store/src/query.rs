@@ -1,10 +1,11 @@
 //! Reading: one message, and lists with filters and stable paging.
 //!
-//! A list walks one lexicographic index from newest to oldest sort key: the source's own
-//! indexes when the query names a source, the cross-source ones (written by the outbox
-//! drain) when it does not. The most selective filter picks the index (an indicator value,
-//! then a sender, then a folder), a time range bounds the walk, and the other filters are
-//! checked on each record's summary. The cursor is the last sort key looked at; sort keys
+//! A list walks one lexicographic index from newest to oldest sort key. The most selective
+//! filter picks the index: an indicator value, then a sender (both indexes span sources and
+//! are written by the outbox drain; a query of one source skips the others' entries), then
+//! a folder (the source's own index), else the source's record index or the cross-source
+//! one. A time range bounds the walk, and the other filters are checked on each record's
+//! summary. The cursor is the last sort key looked at; sort keys
 //! never change, so a page continues exactly after the previous one and every record is
 //! returned once, however many are added meanwhile (newer ones sort before the cursor and
 //! are left for the next walk from the top).
@@ -191,16 +192,11 @@ fn plan(query: &ListQuery) -> Plan {
         check_kind = None;
         indicator_terms(value, query.indicator_kind)
             .into_iter()
-            .map(|(kind, value)| {
-                (
-                    keys::ioc_key(source, &ioc_term(kind, &value)),
-                    String::new(),
-                )
-            })
+            .map(|(kind, value)| (keys::ioc_key(&ioc_term(kind, &value)), String::new()))
             .collect()
     } else if let Some(sender) = &query.sender {
         sender_term(sender)
-            .map(|term| vec![(keys::sender_key(source, &term), String::new())])
+            .map(|term| vec![(keys::sender_key(&term), String::new())])
             .unwrap_or_default()
     } else if let (Some(source), Some(folder)) = (source, &query.folder) {
         check_folder = None;

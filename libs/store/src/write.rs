@@ -4,8 +4,9 @@
 //! For each message the script looks its identity up (`by-sha`, then the record the
 //! identity's id names, which a re-rendered copy computes the same way): a known
 //! message gets only a new location (or nothing, if that location is known too); a new one
-//! gets its record, its index entries and an outbox entry. Then the checkpoint advances.
-//! Either all of it happens or none (a script runs atomically), so a crash anywhere loses
+//! gets its record, its entries in the source's record and folder indexes, and an outbox
+//! entry (from which the cross-source sender and indicator indexes are written). Then the
+//! checkpoint advances. Either all of it happens or none (a script runs atomically), so a crash anywhere loses
 //! nothing and duplicates nothing: the caller retries from its last checkpoint and every
 //! message it sends again is found.
 //!
@@ -348,15 +349,7 @@ impl Store {
                         .arg(p.id.as_str())
                         .arg(&p.sortkey)
                         .arg(&p.record_json)
-                        .arg(&p.summary_json)
-                        .arg(p.sender_terms.len());
-                    for term in &p.sender_terms {
-                        invocation.arg(keys::sender_key(Some(source), term));
-                    }
-                    invocation.arg(p.ioc_terms.len());
-                    for term in &p.ioc_terms {
-                        invocation.arg(keys::ioc_key(Some(source), term));
-                    }
+                        .arg(&p.summary_json);
                 }
                 (BatchItem::Skipped { uid, size, reason }, None) => {
                     invocation
@@ -633,12 +626,11 @@ return 1
 /// `KEYS`: 1 lease, 2 checkpoint, 3 outbox, 4 index, 5 folder index, 6 skipped. `ARGV`:
 /// 1 key prefix `tm:{<source>}:`, 2 folder, 3 uidvalidity, 4 checkpoint UID or '',
 /// 5 fencing token or '', 6 now (ms), 7 item count, then per item either
-/// `s uid size reason` or `m uid sha256 id sortkey record summary <n> sender-index-keys…
-/// <n> indicator-index-keys…`. Returns `{'stale', held}` or
+/// `s uid size reason` or `m uid sha256 id sortkey record summary`. Returns `{'stale', held}` or
 /// `{'ok', uidvalidity, last_uid, {status, id, outbox id}…}`.
 ///
-/// Per-message keys (`msg:`, `loc:`, `by-sha:`, and the `sender:` and `ioc:` keys the client
-/// passes) carry the source's hash tag like every declared key, so they are in its slot.
+/// Per-message keys (`msg:`, `loc:`, `by-sha:`) carry the source's hash tag like every
+/// declared key, so they are in its slot.
 pub(crate) const WRITE_SCRIPT: &str = r"
 local prefix, folder, uidvalidity = ARGV[1], ARGV[2], ARGV[3]
 local checkpoint_uid, fence, now = ARGV[4], ARGV[5], ARGV[6]
@@ -665,14 +657,7 @@ for _ = 1, count do
   else
     local uid, sha, id = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
     local sortkey, record, summary = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
-    local senders = {}
-    local n = tonumber(ARGV[at + 7])
-    for k = 1, n do senders[k] = ARGV[at + 7 + k] end
-    at = at + 8 + n
-    local iocs = {}
-    n = tonumber(ARGV[at])
-    for k = 1, n do iocs[k] = ARGV[at + k] end
-    at = at + 1 + n
+    at = at + 7
 
     -- The record id derives from the identity (the header identity when there is one), so
     -- a re-rendered copy computes the id of the existing record; by-sha finds records
@@ -691,12 +676,6 @@ for _ = 1, count do
       redis.call('HSET', prefix .. 'msg:' .. id, 'record', record, 'summary', summary, 'sortkey', sortkey, 'sha256', sha)
       redis.call('SET', prefix .. 'by-sha:' .. sha, id)
       redis.call('ZADD', KEYS[4], '0', sortkey)
-      for k = 1, #senders do
-        redis.call('ZADD', senders[k], '0', sortkey)
-      end
-      for k = 1, #iocs do
-        redis.call('ZADD', iocs[k], '0', sortkey)
-      end
       -- The entry names the record; a drain after a crash reads the index terms from it.
       outbox_id = redis.call('XADD', KEYS[3], '*', 'id', id, 'sortkey', sortkey, 'sha256', sha, 'ingested_at', now)
       status = 'new'
