@@ -1,7 +1,7 @@
 //! Tracing set-up for every threatmail process, and W3C trace-context propagation over gRPC.
 //!
-//! [`init`] installs one subscriber: an `EnvFilter`, human or JSON log lines, and an
-//! OpenTelemetry layer. The layer is always present so spans carry W3C trace ids that
+//! [`init`] installs one subscriber: an `EnvFilter`, the [`wire_cap`] no filter can lift,
+//! human or JSON log lines, and an OpenTelemetry layer. The layer is always present so spans carry W3C trace ids that
 //! [`TraceContextInterceptor`] can put in outgoing gRPC metadata and [`server_span`] can
 //! continue on the receiving side; spans are exported over OTLP only when an endpoint is
 //! configured. One trace thus follows a sync from the fetcher into the token broker.
@@ -91,6 +91,23 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Libraries whose most verbose level logs what goes over the wire, and the most verbose
+/// level they may log at whatever the filter says: async-imap traces every command it
+/// encodes, `AUTHENTICATE XOAUTH2`'s bearer token and `LOGIN`'s password among them, and
+/// every response, the mail itself.
+const WIRE_LOGGERS: [(&str, tracing::Level); 1] = [("async_imap", tracing::Level::DEBUG)];
+
+/// A filter that keeps [`WIRE_LOGGERS`] below their wire-level logging and lets everything
+/// else through; stacked after the `EnvFilter`, so `RUST_LOG=trace` cannot write a token
+/// to the log.
+pub fn wire_cap() -> tracing_subscriber::filter::Targets {
+    WIRE_LOGGERS.into_iter().fold(
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing_subscriber::filter::LevelFilter::TRACE),
+        |targets, (target, level)| targets.with_target(target, level),
+    )
+}
+
 /// Installs the process-wide subscriber for `service_name`.
 ///
 /// Must be called from within a tokio runtime when an OTLP endpoint is configured (the
@@ -125,6 +142,7 @@ pub fn init(
     };
     tracing_subscriber::registry()
         .with(env_filter)
+        .with(wire_cap())
         .with(fmt_layer)
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
