@@ -19,6 +19,28 @@ pub const ENV_PREFIX: &str = "THREATMAIL_";
 /// Variables with the prefix that are not settings (read by the tools themselves).
 const NOT_SETTINGS: &[&str] = &["CONFIG", "CORPUS", "TARGET"];
 
+/// What is wrong with `url` as the address of a threatmail gRPC service, if anything: it
+/// must be `http://host:port`. The services speak gRPC over HTTP/2 without TLS, so an
+/// `https://` address is refused: the client would send its API key or service credential
+/// in clear while the address says otherwise.
+pub fn grpc_url_problem(url: &str) -> Option<String> {
+    if url.starts_with("https://") {
+        return Some(format!(
+            "{url:?}: https:// is not supported, as threatmail's services speak gRPC without \
+             TLS (credentials would go in clear); use http:// on loopback or a private \
+             network, or a TLS tunnel that listens on a local http:// port"
+        ));
+    }
+    let host = url.strip_prefix("http://").unwrap_or_default();
+    let host = host.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!(
+            "{url:?} is not a gRPC address such as http://127.0.0.1:50052"
+        ));
+    }
+    None
+}
+
 /// Everything wrong with one configuration, each problem on its own line.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -239,6 +261,25 @@ pub mod duration {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grpc_addresses_must_be_plain_http() {
+        assert_eq!(super::grpc_url_problem("http://127.0.0.1:50051"), None);
+        assert_eq!(
+            super::grpc_url_problem("http://registry.internal:50051/"),
+            None
+        );
+        let tls = super::grpc_url_problem("https://registry.internal:50051").unwrap_or_default();
+        assert!(tls.contains("https:// is not supported"), "{tls}");
+        assert!(tls.contains("http://"), "{tls}");
+        for bad in ["", "127.0.0.1:50051", "http://", "http:// x", "grpc://h:1"] {
+            let problem = super::grpc_url_problem(bad).unwrap_or_default();
+            assert!(
+                problem.contains("is not a gRPC address"),
+                "{bad}: {problem}"
+            );
+        }
+    }
     use std::net::SocketAddr;
     use std::time::Duration;
 

@@ -1,25 +1,22 @@
 //! Text about configuration values that may hold secrets, made safe to print.
 
 /// `url` with the password of its user part (`redis://user:password@host`) replaced by
-/// `***`; a user part that cannot be told apart (no `scheme://`) is hidden whole.
+/// `***`. The user part is everything before the last `@`, so a password holding `/` or
+/// `@` is hidden whole; without `scheme://` (a typo such as `redis//user:pw@host`) the
+/// user part cannot be told from the rest and is hidden whole.
 pub fn url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((user, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let user = match (scheme, user.split_once(':')) {
-        (Some(_), Some((name, _))) => format!("{name}:***"),
-        (Some(_), None) => user.to_owned(),
-        (None, _) => "***".to_owned(),
-    };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{user}@{host}{tail}"),
-        None => format!("{user}@{host}{tail}"),
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((user, host)) => match user.split_once(':') {
+                Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+                None => url.to_owned(),
+            },
+            None => url.to_owned(),
+        },
+        None => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        },
     }
 }
 
@@ -65,6 +62,9 @@ mod tests {
             ("rediss://user@host/", "rediss://user@host/"),
             ("user:pw@host", "***@host"),
             ("redis://a:b@c@host:1/", "redis://a:***@host:1/"),
+            ("redis://u:pa/ss@host:1/0", "redis://u:***@host:1/0"),
+            ("redis//default:p4ss@127.0.0.1:6379/", "***@127.0.0.1:6379/"),
+            ("redis:/:p4ss@host/", "***@host/"),
         ] {
             assert_eq!(super::url(given), shown, "{given}");
         }

@@ -22,7 +22,7 @@ enum Command {
     Corpus(commands::corpus::CorpusArgs),
     /// Run services in this process: `--target all` runs every one (monolithic mode).
     Serve(commands::serve::ServeArgs),
-    /// The Threat Mailbox from the mailbox service: list, show, raw, export --stix.
+    /// The Threat Mailbox from the mailbox service: list, show, raw, summary, export --stix.
     Mailbox(commands::mailbox::MailboxArgs),
     /// Email sources in the registry: add (Save and Continue), folders, list, show, status
     /// [--watch], update, rm, test, secret.

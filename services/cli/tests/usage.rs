@@ -102,6 +102,33 @@ fn key_files_are_checked() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An `https://` address is refused before anything is sent: the services speak gRPC
+/// without TLS, so the API key would go in clear.
+#[test]
+fn an_https_address_is_refused_not_spoken_in_clear() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("key");
+    std::fs::write(&key, "tmk1.0000000000000000.notarealkey\n")?;
+    for (command, flag) in [("source", "--registry"), ("mailbox", "--url")] {
+        let output = threatmail(&[
+            command,
+            flag,
+            "https://127.0.0.1:1",
+            "--api-key-file",
+            key.to_str().unwrap_or_default(),
+            "list",
+        ]);
+        assert_eq!(output.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8(output.stderr)?;
+        assert!(
+            stderr.contains("https:// is not supported"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot reach"), "{command}: {stderr}");
+    }
+    Ok(())
+}
+
 fn sample() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/mail")
 }

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use threatmail_auth::AuthSettings;
-use threatmail_core::config::duration;
+use threatmail_core::config::{duration, grpc_url_problem};
 use threatmail_source::MasterKeySettings;
 use threatmail_store::BlobStoreConfig;
 use threatmail_telemetry::TelemetryConfig;
@@ -211,9 +211,9 @@ impl Config {
                 threatmail_core::redact::url(url)
             ));
         }
-        if tonic::transport::Endpoint::from_shared(self.broker_url.clone()).is_err()
-            || !(self.broker_url.starts_with("http://") || self.broker_url.starts_with("https://"))
-        {
+        if let Some(problem) = grpc_url_problem(&self.broker_url) {
+            problems.push(format!("broker_url: {problem}"));
+        } else if tonic::transport::Endpoint::from_shared(self.broker_url.clone()).is_err() {
             problems.push(format!(
                 "broker_url: {:?} is not a gRPC address such as http://127.0.0.1:50052",
                 self.broker_url

@@ -95,6 +95,12 @@ impl threatmail_runtime::ServiceConfig for Config {
         if self.drain_interval.is_zero() {
             problems.push("drain_interval must be more than 0s".to_owned());
         }
+        if let Err(error) = redis::Client::open(self.redis_url.as_str()) {
+            problems.push(format!(
+                "redis_url: {:?} is not a Redis URL ({error})",
+                threatmail_core::redact::url(&self.redis_url)
+            ));
+        }
         if self.export.max_messages == 0 || self.export.max_messages > 10_000 {
             problems.push("export.max_messages must be 1 to 10000".to_owned());
         }
@@ -110,5 +116,33 @@ impl threatmail_runtime::ServiceConfig for Config {
             ));
         }
         problems
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use threatmail_runtime::ServiceConfig as _;
+
+    use super::*;
+
+    /// A mistyped Redis URL is a configuration problem (exit 2 with the others), and the
+    /// password in it is not shown.
+    #[test]
+    fn a_mistyped_redis_url_is_reported_without_its_password() {
+        let env: BTreeMap<String, String> = [(
+            "THREATMAIL_REDIS_URL",
+            "redis//default:p4ssw0rdXYZ@127.0.0.1:6379/",
+        )]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let config: Config = threatmail_core::config::load(None, &env).unwrap();
+        let text = config.validate().join("\n");
+        assert!(text.contains("redis_url"), "{text}");
+        assert!(text.contains("127.0.0.1:6379"), "{text}");
+        assert!(!text.contains("p4ssw0rdXYZ"), "{text}");
     }
 }

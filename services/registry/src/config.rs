@@ -83,9 +83,9 @@ impl Config {
             ("broker_url", &self.broker_url),
             ("fetcher_url", &self.fetcher_url),
         ] {
-            if tonic::transport::Endpoint::from_shared(url.clone()).is_err()
-                || !(url.starts_with("http://") || url.starts_with("https://"))
-            {
+            if let Some(problem) = threatmail_core::config::grpc_url_problem(url) {
+                problems.push(format!("{key}: {problem}"));
+            } else if tonic::transport::Endpoint::from_shared(url.clone()).is_err() {
                 problems.push(format!(
                     "{key}: {url:?} is not a gRPC address such as http://127.0.0.1:50052"
                 ));

@@ -126,9 +126,10 @@ pub(crate) fn bearer(key: &str) -> anyhow::Result<CredentialInterceptor> {
 
 /// A connected channel to `url`; `service` and `start` (how to start it) go into the error.
 pub(crate) async fn channel(url: &str, service: &str, start: &str) -> anyhow::Result<Channel> {
+    if let Some(problem) = threatmail_core::config::grpc_url_problem(url) {
+        anyhow::bail!("the {service}'s address {problem}");
+    }
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .ok()
-        .filter(|_| url.starts_with("http://") || url.starts_with("https://"))
         .with_context(|| format!("{url:?} is not a URL such as http://127.0.0.1:50051"))?;
     endpoint
         .connect_timeout(Duration::from_secs(10))
