@@ -967,12 +967,24 @@ fn headers_record(message: &Message<'_>) -> MessageRecord {
         from: addresses(message.from()),
         sender: addresses(message.sender()),
         reply_to: addresses(message.reply_to()),
-        return_path: message.return_address().map(str::to_string),
+        return_path: return_path(message),
         to: addresses(message.to()),
         cc: addresses(message.cc()),
         subject: message.subject().map(str::to_string),
         ..MessageRecord::default()
     }
+}
+
+/// The `Return-Path` as written, or `None` without one (mail-parser's `return_address`
+/// falls back to `From`, which would hide a Return-Path that differs from it, or its
+/// absence, from an analyst). The null path `<>` is `None` too.
+fn return_path(message: &Message<'_>) -> Option<String> {
+    let path = match message.header(HeaderName::ReturnPath)? {
+        HeaderValue::Text(text) => text.as_ref(),
+        HeaderValue::TextList(list) => list.last()?.as_ref(),
+        _ => return None,
+    };
+    Some(path.trim().to_owned()).filter(|path| !path.is_empty())
 }
 
 fn addresses(address: Option<&MpAddress<'_>>) -> Vec<Address> {

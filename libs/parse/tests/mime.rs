@@ -96,6 +96,15 @@ fn record_has_headers_bodies_and_warnings() {
     assert_eq!(m.from[0].address.as_deref(), Some("a@example.com"));
     assert_eq!(m.reply_to[0].address.as_deref(), Some("b@example.org"));
     assert_eq!(m.return_path.as_deref(), Some("bounce@example.net"));
+    // Without a Return-Path there is none (not the From address), nor with the null path.
+    for without in [&b""[..], b"Return-Path: <>\r\n"] {
+        let raw = [
+            without,
+            b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n",
+        ]
+        .concat();
+        assert_eq!(parse_message(&raw).message.return_path, None);
+    }
     assert_eq!(m.to.len(), 2);
     assert_eq!(m.subject.as_deref(), Some("Hallo Welt"));
     assert_eq!(m.text_bodies[0].text, "plain");

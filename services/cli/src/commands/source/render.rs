@@ -413,19 +413,20 @@ pub(super) fn print_secret_refused(
 
 /// One line for stderr: why Save and Continue failed.
 pub(super) fn test_failure_line(reply: &pb::TestSourceResponse) -> String {
-    let failed = reply
-        .stages
-        .iter()
-        .find(|s| s.outcome == "failed")
-        .map_or("a", |s| s.name.as_str());
     let reasons: Vec<&str> = reply
         .problems
         .iter()
         .map(|p| p.reason.as_str())
         .filter(|r| !r.is_empty())
         .collect();
+    // Every stage may have passed and a check after them failed (a move target that is
+    // not in the mailbox).
+    let at = match reply.stages.iter().find(|s| s.outcome == "failed") {
+        Some(stage) => format!("at the {} stage", stage.name),
+        None => "after its stages passed".to_owned(),
+    };
     format!(
-        "Save and Continue failed at the {failed} stage ({}): fix what is listed above",
+        "Save and Continue failed {at} ({}): fix what is listed above",
         reasons.join(", ")
     )
 }
@@ -516,6 +517,39 @@ pub(super) fn status_lines(status: &pb::SourceStatus) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error names the stage that failed, or says they all passed (a check after
+    /// them failed), never a made-up stage.
+    #[test]
+    fn the_failure_line_names_the_failed_stage_or_says_none_did() {
+        let stage = |name: &str, outcome: &str| pb::TestStage {
+            name: name.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        let problem = pb::Problem {
+            reason: "validation.folder_not_found".to_owned(),
+            ..Default::default()
+        };
+        let mut reply = pb::TestSourceResponse {
+            problems: vec![problem],
+            stages: vec![
+                stage("validate", "ok"),
+                stage("token", "ok"),
+                stage("login", "ok"),
+            ],
+            ..Default::default()
+        };
+        let line = test_failure_line(&reply);
+        assert!(
+            line.starts_with(
+                "Save and Continue failed after its stages passed (validation.folder_not_found)"
+            ),
+            "{line}"
+        );
+        reply.stages[2].outcome = "failed".to_owned();
+        let line = test_failure_line(&reply);
+        assert!(line.contains("failed at the login stage"), "{line}");
+    }
 
     #[test]
     fn a_selected_folder_no_fetcher_has_polled_is_queued() {
