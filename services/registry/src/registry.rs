@@ -105,10 +105,26 @@ impl Registry {
             Some(checked) if problems.is_empty() => checked,
             _ => return Err(RegistryError::Invalid { problems }),
         };
+        let tokens_from = token_inputs(&record);
         spec::apply(&mut record, checked, &self.keyring, now, clear_next_secret)?;
         let stored = self.store.update(&record, expected_version).await?;
         tracing::info!(source_id = %stored.id, version = stored.version, "source updated");
+        if token_inputs(&stored) != tokens_from {
+            self.tell_broker(&stored.id).await;
+        }
         Ok(spec::to_proto(&stored, &folders))
+    }
+
+    /// Has the broker drop what it holds of `id` (it keeps an opened source for
+    /// `cache.source_ttl`), so a fixed secret is used at once, not reported wrong for a few
+    /// seconds more. Best effort: another broker replica sees the change within that time.
+    async fn tell_broker(&self, id: &SourceId) {
+        // A deleted source is unknown to the broker too: what it held is dropped all the same.
+        if let Err(status) = self.upstreams.invalidate(id.as_str()).await
+            && status.code() != tonic::Code::NotFound
+        {
+            tracing::warn!(source_id = %id, code = ?status.code(), message = status.message(), "could not tell the token broker that the source changed; it reads it again within cache.source_ttl");
+        }
     }
 
     /// One source, without secrets.
@@ -136,6 +152,7 @@ impl Registry {
         let deleted = self.store.delete(&id).await?;
         if deleted {
             tracing::info!(source_id = %id, "source deleted");
+            self.tell_broker(&id).await;
         }
         Ok(deleted)
     }
@@ -195,6 +212,29 @@ impl Registry {
             enabled: record.enabled,
         })
     }
+}
+
+/// What of a source the token broker's tokens for it depend on.
+type TokenInputs = (
+    threatmail_source::record::AuthType,
+    String,
+    String,
+    Option<threatmail_source::record::StoredSecret>,
+    Option<threatmail_source::record::StoredSecret>,
+    threatmail_source::Cloud,
+    bool,
+);
+
+fn token_inputs(record: &SourceRecord) -> TokenInputs {
+    (
+        record.auth_type,
+        record.app_id.clone(),
+        record.tenant_id.clone(),
+        record.secret.clone(),
+        record.next_secret.clone(),
+        record.cloud,
+        record.enabled,
+    )
 }
 
 fn record_after(checked: &Option<spec::Checked>) -> AfterProcessing {

@@ -114,6 +114,21 @@ impl Upstreams {
             .map_err(|status| naming_url(status, &self.broker_url))
     }
 
+    /// `Invalidate`: the broker forgets the opened credentials (and cached tokens) of
+    /// `source_id`, so its next token request reads the source again.
+    pub async fn invalidate(&self, source_id: &str) -> Result<bool, tonic::Status> {
+        self.check_credential("token broker")
+            .map_err(|e| e.to_status())?;
+        let mut broker = self.broker.clone();
+        broker
+            .invalidate(pb::InvalidateRequest {
+                source_id: source_id.to_owned(),
+            })
+            .await
+            .map(|reply| reply.into_inner().removed)
+            .map_err(|status| naming_url(status, &self.broker_url))
+    }
+
     /// The fetcher's `ListFolders`.
     pub async fn list_folders(
         &self,

@@ -349,3 +349,57 @@ async fn status_serves_each_folders_fields_and_expiring_secrets() -> anyhow::Res
     assert_eq!(status.folders[0].connection_state, "unknown");
     harness.stop().await
 }
+
+/// A secret fixed by an update is used at once: the broker keeps an opened source for a few
+/// seconds, and the registry tells it the source changed, so the fixed secret is not
+/// reported wrong for those seconds more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_secret_is_used_at_once() -> anyhow::Result<()> {
+    let harness = Harness::start(with_phish_reports()).await?;
+    let mut admin = harness.client(&harness.admin).await?;
+    let good = harness.spec();
+    let source = admin
+        .create_source(pb::CreateSourceRequest {
+            spec: Some(good.clone()),
+        })
+        .await?
+        .into_inner();
+    let list = |id: String| pb::ListSourceFoldersRequest { id };
+    admin.list_folders(list(source.id.clone())).await?;
+
+    // A wrong secret saved untested: the folders cannot be listed, and the broker has
+    // opened the source with it.
+    let wrong = admin
+        .update_source(pb::UpdateSourceRequest {
+            id: source.id.clone(),
+            expected_version: source.version,
+            spec: Some(pb::SourceSpec {
+                secret_key: "not-the-secret".to_owned(),
+                ..good.clone()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let refused = admin
+        .list_folders(list(source.id.clone()))
+        .await
+        .expect_err("a wrong secret");
+    assert_eq!(reason(&refused), "entra.secret_wrong");
+
+    // The right one again: the very next listing works.
+    admin
+        .update_source(pb::UpdateSourceRequest {
+            id: source.id.clone(),
+            expected_version: wrong.version,
+            spec: Some(good),
+            ..Default::default()
+        })
+        .await?;
+    let listed = admin
+        .list_folders(list(source.id.clone()))
+        .await?
+        .into_inner();
+    assert!(names(&listed.folders).iter().any(|n| n == "INBOX"));
+    harness.stop().await
+}
