@@ -8,6 +8,7 @@
 //!   list, folder status.
 //! - [`folders`]: the folder selection, raw names kept for commands.
 //! - [`status`]: per-folder sync status as the fetchers write it.
+//! - [`fleet`]: which fetchers are running, as their schedulers report it.
 //! - [`crypto`]: the master [`Keyring`] (AEAD with key ids, so keys rotate) and the keyed
 //!   credential [`Fingerprint`].
 //! - [`cloud`]: Global, US Government and China, each giving authority, scope and IMAP host.
@@ -16,6 +17,7 @@
 pub mod checklist;
 pub mod cloud;
 pub mod crypto;
+pub mod fleet;
 pub mod folders;
 pub mod record;
 pub mod settings;
@@ -24,6 +26,7 @@ pub mod store;
 
 pub use cloud::Cloud;
 pub use crypto::{Fingerprint, Keyring, MasterKey, Purpose, Sealed};
+pub use fleet::Fleet;
 pub use folders::FolderSelection;
 pub use record::{
     CredentialSecret, Credentials, ExpiringSecret, SECRET_EXPIRY_WARNING, SecretSlot, SourceId,

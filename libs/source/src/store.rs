@@ -76,6 +76,9 @@ pub enum StoreError {
     /// Redis failed while reading the name index.
     #[error("failed to talk to redis about the source names")]
     RedisNames(#[source] redis::RedisError),
+    /// Redis failed while reading or writing which fetchers run ([`crate::fleet`]).
+    #[error("failed to talk to redis about the running fetchers")]
+    RedisFleet(#[source] redis::RedisError),
     /// The stored record does not parse (or is of a newer layout).
     #[error("failed to read the stored record of source {source_id}: {problem}")]
     Corrupt {
@@ -163,6 +166,11 @@ impl SourceStore {
     /// Uses `conn` (cloned per call, as redis-rs intends).
     pub fn new(conn: ConnectionManager) -> Self {
         SourceStore { conn }
+    }
+
+    /// A clone of the connection (cheap), for the modules that extend this store.
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     fn redis_error(id: &SourceId) -> impl FnOnce(redis::RedisError) -> StoreError + '_ {

@@ -262,3 +262,53 @@ async fn folder_selection_and_status_share_the_version_and_go_with_delete() -> a
     assert!(keys.is_empty(), "left behind: {keys:?}");
     Ok(())
 }
+
+/// The fleet: a report holds for its lapse time and no longer, a clean stop ends it at once,
+/// and the last one to stop is named.
+#[tokio::test]
+async fn fetcher_reports_lapse_by_themselves_and_the_last_is_named() -> anyhow::Result<()> {
+    use std::time::Duration;
+    let redis = RedisServer::start()?;
+    let sources = SourceStore::new(redis.connection_manager().await?);
+    assert_eq!(sources.fleet().await?, threatmail_source::Fleet::default());
+
+    sources
+        .report_fetcher("fetcher-b", Duration::from_secs(60))
+        .await?;
+    sources
+        .report_fetcher("fetcher-a", Duration::from_millis(300))
+        .await?;
+    assert_eq!(sources.fleet().await?.running, ["fetcher-a", "fetcher-b"]);
+
+    // fetcher-a stops reporting: it lapses by itself.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let fleet = sources.fleet().await?;
+    assert_eq!(fleet.running, ["fetcher-b"]);
+    assert_eq!(
+        fleet.last_lapsed.as_ref().map(|(name, _)| name.as_str()),
+        Some("fetcher-a")
+    );
+
+    // fetcher-b stops cleanly: none runs, and it is the last one.
+    sources.report_fetcher_stopped("fetcher-b").await?;
+    let fleet = sources.fleet().await?;
+    assert!(fleet.running.is_empty(), "{fleet:?}");
+    let (name, at_ms) = fleet.last_lapsed.expect("a lapsed report");
+    assert_eq!(name, "fetcher-b");
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    assert!(
+        (now_ms - 5_000..=now_ms).contains(&at_ms),
+        "{at_ms} vs {now_ms}"
+    );
+
+    // A report again: running again.
+    sources
+        .report_fetcher("fetcher-b", Duration::from_secs(60))
+        .await?;
+    assert_eq!(sources.fleet().await?.running, ["fetcher-b"]);
+    Ok(())
+}

@@ -191,6 +191,7 @@ impl Scheduler {
         let mut rounds: HashMap<SourceId, Round> = HashMap::new();
         let mut wanted_before: HashMap<SourceId, Vec<String>> = HashMap::new();
         'polls: loop {
+            self.inner.report_running().await;
             self.poll(&mut rounds, &mut wanted_before, &shutdown).await;
             // The next poll, or sooner a failed folder's retry: a back-off shorter than the
             // poll interval is kept as logged, not rounded up to the next poll. A failure
@@ -219,6 +220,14 @@ impl Scheduler {
             tracing::warn!(
                 "some folder syncs did not stop in time; their leases lapse by themselves"
             );
+        }
+        if let Err(error) = self
+            .inner
+            .sources
+            .report_fetcher_stopped(&self.inner.session.instance)
+            .await
+        {
+            tracing::warn!(error = %chain(&error), "could not report this fetcher as stopped; its report lapses by itself");
         }
         tracing::info!("scheduler stopped");
     }
@@ -384,6 +393,19 @@ impl Inner {
                 tracing::debug!(error = %chain(&error), "could not read the fleet's throttling");
                 false
             }
+        }
+    }
+
+    /// Tells the fleet (and so `GetStatus`) that this fetcher runs, until a few polls from
+    /// now: a fetcher that stops polling, however it stops, lapses by itself.
+    async fn report_running(&self) {
+        let lapses_after = self.settings.poll_interval * 3 + Duration::from_secs(2);
+        if let Err(error) = self
+            .sources
+            .report_fetcher(&self.session.instance, lapses_after)
+            .await
+        {
+            tracing::debug!(error = %chain(&error), "could not report this fetcher as running");
         }
     }
 

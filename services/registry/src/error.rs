@@ -235,9 +235,9 @@ impl From<RegistryError> for tonic::Status {
 impl From<StoreError> for RegistryError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Redis { source, .. } | StoreError::RedisNames(source) => {
-                RegistryError::Redis(source.to_string())
-            }
+            StoreError::Redis { source, .. }
+            | StoreError::RedisNames(source)
+            | StoreError::RedisFleet(source) => RegistryError::Redis(source.to_string()),
             StoreError::Corrupt { source_id, problem } => {
                 RegistryError::Corrupt { source_id, problem }
             }

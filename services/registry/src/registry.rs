@@ -9,7 +9,7 @@ use threatmail_proto::v1 as pb;
 use threatmail_source::record::AfterProcessing;
 use threatmail_source::status::FolderStatus;
 use threatmail_source::{
-    FolderSelection, Keyring, SECRET_EXPIRY_WARNING, SourceId, SourceRecord, SourceStore,
+    Fleet, FolderSelection, Keyring, SECRET_EXPIRY_WARNING, SourceId, SourceRecord, SourceStore,
 };
 
 use crate::error::{RegistryError, Result};
@@ -165,7 +165,7 @@ impl Registry {
         let statuses = self.store.folder_statuses(&id, &raw_names).await?;
         let now = now_secs();
         let expiring = record.expiring_secrets(now, SECRET_EXPIRY_WARNING);
-        let warnings = expiring
+        let mut warnings: Vec<pb::Problem> = expiring
             .iter()
             .map(|secret| {
                 let when = format_time(secret.expires_at);
@@ -193,6 +193,9 @@ impl Registry {
                 }
             })
             .collect();
+        if record.enabled && folders.iter().any(|f| f.fetch) {
+            warnings.extend(no_fetcher_warning(&self.store.fleet().await?));
+        }
         Ok(pb::SourceStatus {
             id: id.to_string(),
             folders: folders
@@ -212,6 +215,30 @@ impl Registry {
             enabled: record.enabled,
         })
     }
+}
+
+/// The warning that nothing syncs because no fetcher reports as running (the folders'
+/// states are then the last ones written, not what is happening), if none does.
+fn no_fetcher_warning(fleet: &Fleet) -> Option<pb::Problem> {
+    if !fleet.running.is_empty() {
+        return None;
+    }
+    let last = match &fleet.last_lapsed {
+        Some((instance, at_ms)) => format!(
+            "the last one, {instance:?}, stopped reporting at {}",
+            format_time(at_ms / 1000)
+        ),
+        None => "none has reported to this Redis".to_owned(),
+    };
+    Some(problem(
+        "fetcher.none_running",
+        "",
+        format!(
+            "no fetcher is running, so nothing is being synced and the states below are the \
+             last ones written ({last}): start one (threatmail serve --target fetcher, or \
+             --target all) with this redis_url"
+        ),
+    ))
 }
 
 /// What of a source the token broker's tokens for it depend on.

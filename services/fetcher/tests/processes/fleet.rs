@@ -3,6 +3,9 @@
 //! new mail in every folder, one is killed mid-sync and its folder is finished by the
 //! others once its lease lapses.
 
+use std::time::Duration;
+
+use threatmail_testkit::net::wait_for;
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX};
 
 use crate::harness::{
@@ -103,6 +106,24 @@ async fn three_fetchers_share_six_folders_and_finish_a_killed_ones() -> anyhow::
             fetcher.check_running()?;
         }
     }
+    // The killed one stops reporting as running (so status can tell a fleet that stopped
+    // from one that is idle); the others still report.
+    let mut survivors: Vec<String> = fetchers
+        .iter()
+        .map(|f| f.instance.clone())
+        .filter(|name| *name != victim_name)
+        .collect();
+    survivors.sort();
+    let reported = wait_for(
+        "the killed fetcher's report to lapse",
+        Duration::from_secs(15),
+        || async {
+            let reported = fleet.sources.fleet().await.ok()?;
+            (!reported.running.contains(&victim_name)).then_some(reported)
+        },
+    )
+    .await?;
+    assert_eq!(reported.running, survivors, "{reported:?}");
     for fetcher in &mut fetchers {
         fetcher.kill();
     }

@@ -139,3 +139,42 @@ async fn selection_and_enabling_apply_live() -> anyhow::Result<()> {
     }
     harness.stop().await
 }
+
+/// A running fetcher reports itself at every poll, and a clean stop ends the report at once
+/// (a killed one lapses by itself: the process tests), so status can say when none runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetcher_reports_itself_running_and_stopped() -> anyhow::Result<()> {
+    use std::time::Duration;
+    use threatmail_testkit::net::wait_for;
+
+    let mut harness = Harness::start(TenantFixture::everything_right()).await?;
+    let config = harness.fetcher_config("fetcher-r");
+    let stop = harness.spawn_fetcher(config).await?;
+    let sources = harness.sources.clone();
+    wait_for(
+        "the fetcher's first report",
+        Duration::from_secs(10),
+        || async {
+            let fleet = sources.fleet().await.ok()?;
+            (fleet.running == ["fetcher-r"]).then_some(())
+        },
+    )
+    .await?;
+
+    stop.cancel();
+    // Well within the report's own lapse (three polls and two seconds).
+    let fleet = wait_for(
+        "the report of the stop",
+        Duration::from_millis(1500),
+        || async {
+            let fleet = sources.fleet().await.ok()?;
+            fleet.running.is_empty().then_some(fleet)
+        },
+    )
+    .await?;
+    assert_eq!(
+        fleet.last_lapsed.map(|(name, _)| name).as_deref(),
+        Some("fetcher-r")
+    );
+    harness.stop().await
+}

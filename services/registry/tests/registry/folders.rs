@@ -403,3 +403,81 @@ async fn a_fixed_secret_is_used_at_once() -> anyhow::Result<()> {
     assert!(names(&listed.folders).iter().any(|n| n == "INBOX"));
     harness.stop().await
 }
+
+/// With no fetcher reporting as running, the status of an enabled source with selected
+/// folders says that nothing syncs, and names the last fetcher that stopped; a running one
+/// clears it, and a disabled source has nothing to sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_when_no_fetcher_is_running() -> anyhow::Result<()> {
+    // This harness's fetcher serves ListFolders only (no Redis), so it reports nothing.
+    let harness = Harness::start(with_phish_reports()).await?;
+    let mut admin = harness.client(&harness.admin).await?;
+    let source = admin
+        .create_source(pb::CreateSourceRequest {
+            spec: Some(harness.spec()),
+        })
+        .await?
+        .into_inner();
+    let status = |admin: &mut threatmail_proto::v1::registry_client::RegistryClient<_>| {
+        let request = pb::GetStatusRequest {
+            id: source.id.clone(),
+        };
+        let mut admin = admin.clone();
+        async move { anyhow::Ok(admin.get_status(request).await?.into_inner()) }
+    };
+    let no_fetcher = |status: &pb::SourceStatus| {
+        status
+            .warnings
+            .iter()
+            .find(|w| w.reason == "fetcher.none_running")
+            .map(|w| w.message.clone())
+    };
+    // Nothing selected: nothing to sync, nothing to warn about.
+    assert_eq!(no_fetcher(&status(&mut admin).await?), None);
+
+    let source = admin
+        .set_folders(pb::SetFoldersRequest {
+            id: source.id.clone(),
+            expected_version: source.version,
+            folders: vec![pb::FolderSelection {
+                raw_name: b"INBOX".to_vec(),
+                display_name: String::new(),
+                fetch: true,
+            }],
+        })
+        .await?
+        .into_inner();
+    let message = no_fetcher(&status(&mut admin).await?).expect("the warning");
+    assert!(message.contains("none has reported"), "{message}");
+    assert!(
+        message.contains("threatmail serve --target fetcher"),
+        "{message}"
+    );
+
+    let fleet = SourceStore::new(harness.stack.redis.connection_manager().await?);
+    fleet
+        .report_fetcher("fetcher-7", std::time::Duration::from_secs(60))
+        .await?;
+    assert_eq!(no_fetcher(&status(&mut admin).await?), None);
+
+    fleet.report_fetcher_stopped("fetcher-7").await?;
+    let message = no_fetcher(&status(&mut admin).await?).expect("the warning");
+    assert!(
+        message.contains("\"fetcher-7\", stopped reporting at"),
+        "{message}"
+    );
+
+    admin
+        .update_source(pb::UpdateSourceRequest {
+            id: source.id.clone(),
+            expected_version: source.version,
+            spec: Some(pb::SourceSpec {
+                enabled: Some(false),
+                ..harness.spec()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(no_fetcher(&status(&mut admin).await?), None);
+    harness.stop().await
+}

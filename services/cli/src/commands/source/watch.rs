@@ -14,7 +14,7 @@ use threatmail_proto::v1 as pb;
 use tokio::time::Instant;
 
 use super::render;
-use crate::commands::client::RegistryClient;
+use crate::commands::client::{RegistryClient, problem_line};
 
 /// Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 const INTERRUPTED: u8 = 130;
@@ -77,6 +77,10 @@ pub(super) async fn watch(
     let (status, code) = loop {
         let status = super::get_status(client, &source.id).await?;
         let mut lines = render::status_lines(&status);
+        // "No fetcher is running" among them: without it the watch would wait in silence.
+        for warning in &status.warnings {
+            lines.push(format!("warning: {}", problem_line(warning)));
+        }
         lines.push(summary(&status, started.elapsed()));
         let block = lines.join("\n");
         {
