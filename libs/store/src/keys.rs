@@ -87,6 +87,12 @@ pub fn checkpoint_key(source: &SourceId, folder: &str) -> String {
     format!("tm:{{{}}}:checkpoint:{folder}", source.as_str())
 }
 
+/// `tm:{<source id>}:checkpoint-mailbox:<folder>`: which mailbox (user and server) the
+/// folder's checkpoint was made on ([`crate::Store::claim_checkpoint`]).
+pub fn checkpoint_mailbox_key(source: &SourceId, folder: &str) -> String {
+    format!("tm:{{{}}}:checkpoint-mailbox:{folder}", source.as_str())
+}
+
 /// `tm:{<source id>}:lease:<folder>`.
 pub fn lease_key(source: &SourceId, folder: &str) -> String {
     format!("tm:{{{}}}:lease:{folder}", source.as_str())

@@ -39,6 +39,7 @@ pub(crate) struct Inner {
     pub(crate) emit_script: redis::Script,
     pub(crate) lease_script: redis::Script,
     pub(crate) actions_script: redis::Script,
+    pub(crate) claim_script: redis::Script,
     /// Whether this handle loaded its scripts into Redis (`SCRIPT LOAD`), so calls go as
     /// `EVALSHA` without a first `NOSCRIPT` round trip carrying the whole batch twice.
     scripts_loaded: std::sync::atomic::AtomicBool,
@@ -69,6 +70,7 @@ impl Store {
                 emit_script: redis::Script::new(crate::outbox::EMIT_SCRIPT),
                 lease_script: redis::Script::new(crate::lease::LEASE_SCRIPT),
                 actions_script: redis::Script::new(crate::write::ACTIONS_SCRIPT),
+                claim_script: redis::Script::new(crate::write::CLAIM_SCRIPT),
                 scripts_loaded: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -143,6 +145,7 @@ impl Store {
             &self.inner.emit_script,
             &self.inner.lease_script,
             &self.inner.actions_script,
+            &self.inner.claim_script,
         ] {
             let _: String = script
                 .prepare_invoke()

@@ -525,6 +525,48 @@ impl Store {
         })
     }
 
+    /// Makes `lease`'s folder checkpoint one of `mailbox` (who logs in where, e.g.
+    /// `soc@corp.example@outlook.office365.com:993`) before a sync reads it: a checkpoint
+    /// made on another mailbox is dropped, with what goes with it (how far actions were
+    /// applied, the skipped messages), so the folder syncs from its first UID. UIDs and
+    /// UIDVALIDITY say nothing across mailboxes, and two mailboxes' folders can share a
+    /// UIDVALIDITY, so a source moved to another mailbox would otherwise skip the new
+    /// mailbox's messages up to the old checkpoint. Nothing is stored twice: a message's
+    /// identity is its content. A checkpoint written before mailboxes were recorded is
+    /// taken as `mailbox`'s.
+    ///
+    /// Returns whether a checkpoint was dropped; fails with [`StoreError::StaleFence`]
+    /// (changing nothing) when `lease` is not held.
+    pub async fn claim_checkpoint(&self, lease: &Lease, mailbox: &str) -> Result<bool> {
+        let (source, folder) = (&lease.source_id, &lease.folder);
+        let mut conn = self.conn.clone();
+        let (outcome, held): (i64, String) = self
+            .inner
+            .claim_script
+            .key(keys::lease_key(source, folder))
+            .key(keys::checkpoint_key(source, folder))
+            .key(keys::checkpoint_mailbox_key(source, folder))
+            .key(keys::skipped_key(source, folder))
+            .arg(lease.token)
+            .arg(mailbox)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error("claim a checkpoint", source.as_str()))?;
+        match outcome {
+            -1 => Err(StoreError::StaleFence {
+                source_id: source.clone(),
+                folder: folder.clone(),
+                token: lease.token,
+                held: if held.is_empty() {
+                    "none".to_owned()
+                } else {
+                    held
+                },
+            }),
+            dropped => Ok(dropped == 1),
+        }
+    }
+
     /// How far `folder`'s action after processing was applied, if it was recorded.
     pub async fn actions_done(
         &self,
@@ -621,6 +663,32 @@ if current[1] == ARGV[2] and current[2] == ARGV[3] and tonumber(current[3]) >= t
 end
 redis.call('HSET', KEYS[2], 'acted_uidvalidity', ARGV[2], 'acted_action', ARGV[3], 'acted_uid', ARGV[4])
 return 1
+";
+
+/// `KEYS`: 1 lease, 2 checkpoint, 3 the checkpoint's mailbox, 4 skipped. `ARGV`: 1 fencing
+/// token, 2 mailbox. Returns `{-1, held}` when the lease is not held (nothing written),
+/// `{1, ''}` when a checkpoint of another mailbox was dropped, `{0, ''}` otherwise.
+pub(crate) const CLAIM_SCRIPT: &str = r"
+local held = redis.call('GET', KEYS[1])
+if not held or string.match(held, '^(%d+):') ~= ARGV[1] then
+  return {-1, held or ''}
+end
+local current = redis.call('GET', KEYS[3])
+if current == ARGV[2] then
+  return {0, ''}
+end
+if not current then
+  -- No mailbox recorded: a new folder, or a checkpoint from before mailboxes were
+  -- recorded, which was made on the mailbox the source has now.
+  redis.call('SET', KEYS[3], ARGV[2])
+  return {0, ''}
+end
+local dropped = redis.call('DEL', KEYS[2], KEYS[4])
+redis.call('SET', KEYS[3], ARGV[2])
+if dropped > 0 then
+  return {1, ''}
+end
+return {0, ''}
 ";
 
 /// `KEYS`: 1 lease, 2 checkpoint, 3 outbox, 4 index, 5 folder index, 6 skipped. `ARGV`:

@@ -639,6 +639,63 @@ async fn actions_done_moves_forward_under_the_lease_only() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A checkpoint is claimed for the mailbox a sync logs in to: one written before mailboxes
+/// were recorded is kept, the same mailbox keeps it, another mailbox drops it (with how
+/// far actions went and the skipped messages), and a lease no longer held changes nothing.
+#[tokio::test]
+async fn a_checkpoint_is_kept_for_its_mailbox_only() -> anyhow::Result<()> {
+    let t = TestStore::start().await?;
+    let src = source("claimed");
+    let lease = t
+        .store
+        .acquire_lease(&src, "INBOX", "fetcher-a", Duration::from_secs(30))
+        .await?
+        .expect("free lease");
+    let mut write = batch(&src, "INBOX", 7, vec![]);
+    write.fence = Fence::Token(lease.token);
+    write.checkpoint_uid = Some(20);
+    t.store.write(&write).await?;
+    let at_20 = Some(Checkpoint {
+        uidvalidity: 7,
+        last_uid: 20,
+    });
+
+    // Written before any mailbox was recorded: taken as the current mailbox's.
+    assert!(
+        !t.store
+            .claim_checkpoint(&lease, "a@corp.example@imap:993")
+            .await?
+    );
+    assert_eq!(t.store.checkpoint(&src, "INBOX").await?, at_20);
+    assert!(
+        !t.store
+            .claim_checkpoint(&lease, "a@corp.example@imap:993")
+            .await?
+    );
+    assert_eq!(t.store.checkpoint(&src, "INBOX").await?, at_20);
+
+    assert!(
+        t.store
+            .claim_checkpoint(&lease, "b@corp.example@imap:993")
+            .await?
+    );
+    assert_eq!(t.store.checkpoint(&src, "INBOX").await?, None);
+    assert!(
+        !t.store
+            .claim_checkpoint(&lease, "b@corp.example@imap:993")
+            .await?
+    );
+
+    assert!(t.store.release_lease(&lease).await?);
+    assert!(matches!(
+        t.store
+            .claim_checkpoint(&lease, "a@corp.example@imap:993")
+            .await,
+        Err(StoreError::StaleFence { .. })
+    ));
+    Ok(())
+}
+
 #[tokio::test]
 async fn analyst_state_survives_re_ingest() -> anyhow::Result<()> {
     let t = TestStore::start().await?;

@@ -5,7 +5,9 @@
 //!    the mailbox): UIDVALIDITY, UIDNEXT.
 //! 2. Compare with the checkpoint (uidvalidity, last_uid). A changed UIDVALIDITY starts
 //!    again from UID 1; the store's identity (content hash, and Message-ID + Date + From)
-//!    keeps that from duplicating anything (case BR-06).
+//!    keeps that from duplicating anything (case BR-06). So does a checkpoint made on
+//!    another mailbox or server (the source's address was corrected): two mailboxes'
+//!    folders may share a UIDVALIDITY, and their UIDs say nothing about each other.
 //! 3. `UID FETCH last+1:* (UID RFC822.SIZE)`, then bodies in batches bounded by count and
 //!    bytes with `BODY.PEEK[]` under a hard byte cap; oversized messages are recorded as
 //!    skipped with their size, not fetched.
@@ -226,6 +228,19 @@ pub async fn sync_folder_with_action(
     )
     .await
     .map_err(imap)?;
+    // A checkpoint says nothing about another mailbox (the source's address or server was
+    // changed): the folder then syncs from its first UID.
+    let mailbox = format!("{}@{}", user.to_lowercase(), server.to_lowercase());
+    if store
+        .claim_checkpoint(lease, &mailbox)
+        .await
+        .map_err(stored)?
+    {
+        tracing::warn!(
+            mailbox = %mailbox,
+            "the source now logs in to another mailbox or server; syncing the folder from its first message"
+        );
+    }
     let checkpoint = store.checkpoint(source_id, folder).await.map_err(stored)?;
     let uidvalidity_changed = checkpoint.is_some_and(|c| c.uidvalidity != state.uidvalidity);
     let last_uid = match checkpoint {

@@ -215,3 +215,59 @@ async fn a_lost_lease_commits_nothing() -> anyhow::Result<()> {
     assert_eq!(by_holder.stored, 3);
     Ok(())
 }
+
+/// A checkpoint belongs to the mailbox it was made on: when the source logs in to another
+/// mailbox or server (its address was corrected), the folder syncs from its first UID
+/// instead of skipping the new mailbox's messages up to the old checkpoint, even where the
+/// two folders share a UIDVALIDITY (here: the same folder reached under another server
+/// name, so its UIDVALIDITY is the same by construction). Nothing is stored twice.
+#[tokio::test]
+async fn a_checkpoint_of_another_mailbox_is_not_used() -> anyhow::Result<()> {
+    let harness = Harness::start((1..=6).map(report).collect()).await?;
+    let mut session = harness.session().await?;
+    let first = harness.sync(&mut session, "fetcher-a").await?;
+    assert_eq!((first.stored, first.last_uid), (6, 6), "{first:?}");
+
+    let sync_as = |server: &'static str| {
+        let harness = &harness;
+        async move {
+            let lease = harness
+                .store
+                .acquire_lease(
+                    &harness.source_id,
+                    FOLDER,
+                    "fetcher-a",
+                    harness.limits.lease_ttl,
+                )
+                .await?
+                .expect("the lease is free");
+            let context = SyncContext {
+                server,
+                ..harness.context()
+            };
+            let mut session = harness.session().await?;
+            let report = sync_folder(&mut session, context, FOLDER, &lease).await?;
+            harness.store.release_lease(&lease).await?;
+            anyhow::Ok(report)
+        }
+    };
+    let moved = sync_as("other-server").await?;
+    assert!(!moved.uidvalidity_changed, "{moved:?}");
+    assert_eq!(
+        (
+            moved.stored,
+            moved.already_stored + moved.locations_added,
+            moved.last_uid
+        ),
+        (0, 6, 6),
+        "every message read again from UID 1, none stored twice: {moved:?}"
+    );
+    let again = sync_as("other-server").await?;
+    assert_eq!(
+        again.stored + again.locations_added + again.already_stored,
+        0,
+        "the new mailbox's checkpoint holds: {again:?}"
+    );
+    assert_eq!(harness.store.count(&harness.source_id).await?, 6);
+    Ok(())
+}
