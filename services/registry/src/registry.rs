@@ -92,6 +92,18 @@ impl Registry {
             secret: record.secret.is_some(),
             next_secret: record.next_secret.is_some() && !clear_next_secret,
         };
+        // The next secret's expiry date goes with it: the spec a client read back still
+        // carries the date, and would otherwise be refused as a date without a secret.
+        let without_next;
+        let spec = if clear_next_secret && spec.next_secret_key.is_empty() {
+            without_next = pb::SourceSpec {
+                next_secret_expires: String::new(),
+                ..spec.clone()
+            };
+            &without_next
+        } else {
+            spec
+        };
         let outcome = spec::check(spec, stored, now);
         let mut problems = outcome.problems;
         if let AfterProcessing::MoveTo { folder } = &record_after(&outcome.checked)

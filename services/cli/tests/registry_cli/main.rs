@@ -339,6 +339,24 @@ async fn add_prints_the_tree_then_folders_list_show_update_rm() -> anyhow::Resul
         serde_json::json!(["phish", "reported"])
     );
 
+    // secret --clear-next: the staged secret goes, and its expiry date with it.
+    let cleared = h
+        .run(
+            &[
+                "source",
+                "secret",
+                "Phishing reports",
+                "--clear-next",
+                "--json",
+            ],
+            None,
+        )
+        .await?
+        .expect(0)
+        .json();
+    assert_eq!(cleared["source"]["next_secret_set"], false);
+    assert_eq!(cleared["source"]["next_secret_expires"], "");
+
     // secret: the current one replaced (here by the same value, from a file).
     let replaced = h
         .run(
