@@ -987,17 +987,36 @@ fn return_path(message: &Message<'_>) -> Option<String> {
     Some(path.trim().to_owned()).filter(|path| !path.is_empty())
 }
 
+/// The addresses of an address header. An unquoted comma in a display name (`From: ACME
+/// Support, Billing <x@example.com>`, common in phishing) splits it, and the parser then
+/// sees a name without an address followed by the real mailbox: such names are put back in
+/// front of the next entry's, so the mailbox keeps its whole display name and stays first.
 fn addresses(address: Option<&MpAddress<'_>>) -> Vec<Address> {
     let Some(address) = address else {
         return Vec::new();
     };
-    address
-        .iter()
-        .map(|a| Address {
-            name: a.name().map(str::to_string),
-            address: a.address().map(str::to_string),
-        })
-        .collect()
+    let mut out: Vec<Address> = Vec::new();
+    let mut names_only: Vec<String> = Vec::new();
+    for entry in address.iter() {
+        let name = entry.name().map(str::trim).filter(|n| !n.is_empty());
+        match entry.address() {
+            None => names_only.extend(name.map(str::to_string)),
+            Some(mailbox) => {
+                let mut parts = std::mem::take(&mut names_only);
+                parts.extend(name.map(str::to_string));
+                out.push(Address {
+                    name: (!parts.is_empty()).then(|| parts.join(", ")),
+                    address: Some(mailbox.to_string()),
+                });
+            }
+        }
+    }
+    // Names with no mailbox after them (an empty group, `undisclosed-recipients:;`).
+    out.extend(names_only.into_iter().map(|name| Address {
+        name: Some(name),
+        address: None,
+    }));
+    out
 }
 
 /// The addresses written in an originator header's value.
@@ -1037,6 +1056,43 @@ mod tests {
     use crate::record::IndicatorKind;
 
     const RAW: &[u8] = b"Subject: invoice\r\n\r\nPay at http://198.51.100.7/pay.php today\r\n";
+
+    /// An unquoted comma in a display name does not cost the mailbox its place or its name.
+    #[test]
+    fn a_display_name_split_by_a_comma_stays_with_its_mailbox() {
+        let cases: [(&str, &[(Option<&str>, Option<&str>)]); 4] = [
+            (
+                "ADT Medical Alert Systems       ,_<wprk@x.example>",
+                &[(Some("ADT Medical Alert Systems, _"), Some("wprk@x.example"))],
+            ),
+            (
+                "Support, Billing <billing@x.example>",
+                &[(Some("Support, Billing"), Some("billing@x.example"))],
+            ),
+            (
+                "\"Support, Billing\" <billing@x.example>",
+                &[(Some("Support, Billing"), Some("billing@x.example"))],
+            ),
+            (
+                "a@x.example, Bob <b@x.example>",
+                &[
+                    (None, Some("a@x.example")),
+                    (Some("Bob"), Some("b@x.example")),
+                ],
+            ),
+        ];
+        for (from, expected) in cases {
+            let raw = format!("From: {from}\r\nSubject: s\r\n\r\nbody\r\n");
+            let parsed = crate::parse_message(raw.as_bytes());
+            let got: Vec<(Option<&str>, Option<&str>)> = parsed
+                .message
+                .from
+                .iter()
+                .map(|a| (a.name.as_deref(), a.address.as_deref()))
+                .collect();
+            assert_eq!(got, expected, "From: {from}");
+        }
+    }
 
     fn failed_warning(parsed: &ParsedMessage) -> &Warning {
         parsed
