@@ -1060,7 +1060,8 @@ mod tests {
     /// An unquoted comma in a display name does not cost the mailbox its place or its name.
     #[test]
     fn a_display_name_split_by_a_comma_stays_with_its_mailbox() {
-        let cases: [(&str, &[(Option<&str>, Option<&str>)]); 4] = [
+        type Entry<'a> = (Option<&'a str>, Option<&'a str>);
+        let cases: [(&str, &[Entry<'_>]); 4] = [
             (
                 "ADT Medical Alert Systems       ,_<wprk@x.example>",
                 &[(Some("ADT Medical Alert Systems, _"), Some("wprk@x.example"))],
@@ -1084,7 +1085,7 @@ mod tests {
         for (from, expected) in cases {
             let raw = format!("From: {from}\r\nSubject: s\r\n\r\nbody\r\n");
             let parsed = crate::parse_message(raw.as_bytes());
-            let got: Vec<(Option<&str>, Option<&str>)> = parsed
+            let got: Vec<Entry<'_>> = parsed
                 .message
                 .from
                 .iter()
