@@ -12,6 +12,7 @@
 //! | `last_poll` | Unix seconds of the last completed poll |
 //! | `uidvalidity`, `last_uid` | the checkpoint as of the last poll |
 //! | `messages_synced` | records with a location in this folder, set by the fetcher from the store's count after each attempt (so batches committed by an attempt that failed later count too) |
+//! | `messages_skipped` | messages of the folder's current UIDVALIDITY over the size limit, recorded as skipped and not fetched |
 //! | `retry_count` | failed attempts since the last success |
 //! | `connection_state` | [`ConnectionState`] as a word |
 //! | `last_error` | [`FolderError`] as JSON, absent after a success |
@@ -135,6 +136,9 @@ pub struct FolderStatus {
     /// Records with a location in this folder, as the store counts them (set, not
     /// incremented, after each attempt).
     pub messages_synced: u64,
+    /// Messages over the size limit, recorded as skipped and not fetched (of the folder's
+    /// current UIDVALIDITY).
+    pub messages_skipped: u64,
     /// The last failure, cleared by a success.
     pub last_error: Option<FolderError>,
     /// Failed attempts since the last success.
@@ -146,12 +150,13 @@ pub struct FolderStatus {
 }
 
 /// The hash fields, in the order [`FolderStatus::from_fields`] reads them.
-pub const FIELDS: [&str; 9] = [
+pub const FIELDS: [&str; 10] = [
     "raw_name",
     "last_poll",
     "uidvalidity",
     "last_uid",
     "messages_synced",
+    "messages_skipped",
     "retry_count",
     "connection_state",
     "last_error",
@@ -173,6 +178,7 @@ impl FolderStatus {
         let mut fields = vec![
             ("raw_name", self.raw_name.clone()),
             ("messages_synced", self.messages_synced.to_string()),
+            ("messages_skipped", self.messages_skipped.to_string()),
             ("retry_count", self.retry_count.to_string()),
             (
                 "connection_state",
@@ -256,6 +262,7 @@ impl FolderStatus {
             uidvalidity: number(fields, "uidvalidity")?,
             last_uid: number(fields, "last_uid")?,
             messages_synced: number(fields, "messages_synced")?.unwrap_or_default(),
+            messages_skipped: number(fields, "messages_skipped")?.unwrap_or_default(),
             last_error,
             retry_count: number(fields, "retry_count")?.unwrap_or_default(),
             connection_state,
@@ -277,6 +284,7 @@ mod tests {
             uidvalidity: Some(7),
             last_uid: Some(42),
             messages_synced: 40,
+            messages_skipped: 2,
             last_error: Some(FolderError {
                 reason: "imap.authenticate_failed".to_owned(),
                 message: "Exchange refused the login".to_owned(),

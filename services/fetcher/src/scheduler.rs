@@ -71,6 +71,8 @@ struct Inner {
     limits: SyncLimits,
     /// Per (source, folder): failures in a row on this fetcher and when to try again.
     backoff: Mutex<HashMap<(SourceId, String), Backoff>>,
+    /// Each source's version as of the last poll, to see which changed.
+    versions: Mutex<HashMap<SourceId, u64>>,
     /// Told when a back-off is set, so the poll loop can wake when it ends.
     backoff_set: tokio::sync::Notify,
     /// Mailboxes (lower case) Exchange is throttling, and until when, as this fetcher knows;
@@ -173,6 +175,7 @@ impl Scheduler {
                 settings,
                 limits,
                 backoff: Mutex::new(HashMap::new()),
+                versions: Mutex::new(HashMap::new()),
                 backoff_set: tokio::sync::Notify::new(),
                 throttled: Mutex::new(HashMap::new()),
             }),
@@ -243,6 +246,7 @@ impl Scheduler {
         let Some((records, wanted_now)) = self.wanted().await else {
             return;
         };
+        self.inner.forget_failures_of_changed(&records);
         for (id, round) in rounds.iter() {
             match wanted_now.get(id) {
                 Some(wanted) => {
@@ -451,6 +455,29 @@ impl Inner {
         entry.not_before = Instant::now() + delay;
         self.backoff_set.notify_one();
         delay
+    }
+
+    /// A source that changed since the last poll (its address, port or secret fixed, say)
+    /// has its folders' back-offs ended, so the change is tried at this poll rather than
+    /// after up to `sync.retry_max`. Exchange's throttling is not among them: it is held
+    /// per mailbox, apart ([`Inner::throttled_until`], [`Inner::held`]).
+    fn forget_failures_of_changed(&self, records: &HashMap<SourceId, SourceRecord>) {
+        let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed: Vec<&SourceId> = records
+            .iter()
+            .filter(|(id, record)| versions.get(*id).is_some_and(|v| *v != record.version))
+            .map(|(id, _)| id)
+            .collect();
+        if !changed.is_empty() {
+            self.backoff
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|(id, _), _| !changed.contains(&id));
+        }
+        *versions = records
+            .iter()
+            .map(|(id, record)| (id.clone(), record.version))
+            .collect();
     }
 
     fn succeed(&self, id: &SourceId, folder: &str) {
@@ -844,6 +871,18 @@ impl Inner {
                 status.last_poll = Some(unix_now());
                 status.uidvalidity = Some(report.uidvalidity);
                 status.last_uid = Some(report.last_uid);
+                // Oversized messages have no record: the status is where they show.
+                match self.store.skipped(&record.id, folder).await {
+                    Ok(skipped) => {
+                        status.messages_skipped = skipped
+                            .iter()
+                            .filter(|(uidvalidity, ..)| *uidvalidity == report.uidvalidity)
+                            .count() as u64;
+                    }
+                    Err(error) => {
+                        tracing::warn!(folder = %folder, error = %chain(&error), "failed to count a folder's skipped messages")
+                    }
+                }
                 status.retry_count = 0;
                 // New mail was stored; an action the server refused (the messages stay
                 // where they are) is the user's to fix and is retried at every poll.

@@ -315,6 +315,7 @@ fn folder_status(selection: &FolderSelection, status: FolderStatus) -> pb::Folde
         uidvalidity: status.uidvalidity.unwrap_or_default(),
         last_uid: status.last_uid.unwrap_or_default(),
         messages_synced: status.messages_synced,
+        messages_skipped: status.messages_skipped,
         last_error,
         retry_count: status.retry_count,
         connection_state: status.connection_state.to_string(),

@@ -106,6 +106,10 @@ impl Registry {
             return Ok(reply);
         };
         reply.stages.push(stage(VALIDATE, "ok"));
+        reply.warnings.extend(
+            self.same_mailbox(&checked, request.source_id.trim())
+                .await?,
+        );
 
         let secret = match (&checked.secret, &stored_record) {
             (Some(secret), _) => secret.clone(),
@@ -281,6 +285,45 @@ impl Registry {
 
 /// What a successful login leaves to say: token findings the login survived, and whether
 /// the move target exists.
+impl Registry {
+    /// A warning when another source already reads the mailbox `checked` logs in to (same
+    /// address and server): each source keeps its own copy of every message, so the mail
+    /// would be stored, counted and exported twice.
+    async fn same_mailbox(&self, checked: &Checked, own_id: &str) -> Result<Option<pb::Problem>> {
+        let host = |host: &Option<String>, cloud: Cloud| {
+            host.clone()
+                .unwrap_or_else(|| cloud.imap_host().to_owned())
+                .to_ascii_lowercase()
+        };
+        let wanted = (
+            checked.username.to_lowercase(),
+            host(&checked.host, checked.cloud),
+            checked.port,
+        );
+        let others = self.store.list().await?;
+        let Some(other) = others.iter().find(|other| {
+            other.id.as_str() != own_id
+                && (
+                    other.username.to_lowercase(),
+                    host(&other.host, other.cloud),
+                    other.port,
+                ) == wanted
+        }) else {
+            return Ok(None);
+        };
+        Ok(Some(problem(
+            "source.mailbox_already_a_source",
+            "email",
+            format!(
+                "source {:?} ({}) already reads {} on this server: each source stores its own \
+                 copy of every message, so its mail would be stored and exported twice; select \
+                 more folders on that source instead",
+                other.name, other.id, checked.username
+            ),
+        )))
+    }
+}
+
 fn after_login(
     checked: &Checked,
     findings: &TokenFindings,

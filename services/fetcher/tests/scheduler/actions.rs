@@ -138,6 +138,10 @@ async fn mark_seen_sets_seen_on_every_synced_message_and_nothing_else() -> anyho
         .wait_status("the folder to sync", &id, FOLDER, synced_to(13))
         .await?;
     assert_eq!(synced.last_error, None);
+    assert_eq!(
+        synced.messages_skipped, 1,
+        "the status shows the message over the size limit"
+    );
     assert_eq!(harness.store.count(&id).await?, 12);
     let skipped = harness.store.skipped(&id, FOLDER).await?;
     assert_eq!(

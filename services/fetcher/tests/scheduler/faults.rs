@@ -681,3 +681,48 @@ async fn a_failed_folder_is_retried_when_its_back_off_ends() -> anyhow::Result<(
     );
     harness.stop().await
 }
+
+/// A source fixed by its user (here: its port) is tried at the next poll, not when the
+/// back-off its failures earned ends (30 to 60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_source_is_tried_at_the_next_poll() -> anyhow::Result<()> {
+    const FOLDER: &str = "Phish Reports";
+    let mut harness = Harness::start(fixture(&[(FOLDER, 3)])).await?;
+    let closed = threatmail_testkit::net::free_port()?;
+    let wrong: std::net::SocketAddr = format!("127.0.0.1:{closed}").parse()?;
+    let id = harness
+        .add_source("Phishing reports", PHISH_MAILBOX, wrong, &[FOLDER])
+        .await?;
+    let mut config = harness.fetcher_config("fetcher-a");
+    config.sync.retry_min = Duration::from_secs(60);
+    config.sync.retry_max = Duration::from_secs(60);
+    harness.spawn_fetcher(config).await?;
+    let failed = harness
+        .wait_status("the refused connection", &id, FOLDER, |s| {
+            s.retry_count >= 1
+        })
+        .await?;
+    assert_eq!(
+        failed.last_error.as_ref().map(|e| e.reason.as_str()),
+        Some("imap.unreachable"),
+        "{failed:?}"
+    );
+
+    let mut record = harness.sources.get(&id).await?.expect("source");
+    let version = record.version;
+    record.port = harness.stack.dovecot.imaps_addr().port();
+    harness.sources.update(&record, version).await?;
+    let fixed_at = std::time::Instant::now();
+    let synced = harness
+        .wait_status("the sync after the fix", &id, FOLDER, |s| {
+            s.last_uid == Some(3) && s.connection_state == ConnectionState::Idle
+        })
+        .await?;
+    assert!(synced.last_error.is_none(), "{synced:?}");
+    let waited = fixed_at.elapsed();
+    assert!(
+        waited < Duration::from_secs(15),
+        "synced {waited:?} after the fix; the back-off was at least 30 s"
+    );
+    harness.stop().await
+}

@@ -317,6 +317,7 @@ async fn status_serves_each_folders_fields_and_expiring_secrets() -> anyhow::Res
                 uidvalidity: Some(12),
                 last_uid: Some(40),
                 messages_synced: 38,
+                messages_skipped: 2,
                 last_error: Some(FolderError {
                     reason: "imap.authenticate_failed".to_owned(),
                     message: "Exchange refused the login".to_owned(),
@@ -341,6 +342,7 @@ async fn status_serves_each_folders_fields_and_expiring_secrets() -> anyhow::Res
         (1_767_225_600, 12, 40)
     );
     assert_eq!((reports.messages_synced, reports.retry_count), (38, 2));
+    assert_eq!(reports.messages_skipped, 2);
     assert_eq!(reports.connection_state, "retrying");
     let error = reports.last_error.as_ref().expect("last error");
     assert_eq!(error.reason, "imap.authenticate_failed");
@@ -479,5 +481,50 @@ async fn status_says_when_no_fetcher_is_running() -> anyhow::Result<()> {
         })
         .await?;
     assert_eq!(no_fetcher(&status(&mut admin).await?), None);
+    harness.stop().await
+}
+
+/// Save and Continue of a second source on a mailbox another source already reads warns
+/// that its mail would be stored twice; the stored source tested again does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_source_on_the_same_mailbox_is_warned_about() -> anyhow::Result<()> {
+    let harness = Harness::start(with_phish_reports()).await?;
+    let mut admin = harness.client(&harness.admin).await?;
+    let first = admin
+        .create_source(pb::CreateSourceRequest {
+            spec: Some(harness.spec()),
+        })
+        .await?
+        .into_inner();
+    let warned = |reply: &pb::TestSourceResponse| {
+        reply
+            .warnings
+            .iter()
+            .find(|w| w.reason == "source.mailbox_already_a_source")
+            .map(|w| w.message.clone())
+    };
+    let again = admin
+        .test_source(pb::TestSourceRequest {
+            spec: Some(pb::SourceSpec {
+                name: "Phishing reports, again".to_owned(),
+                email: harness.spec().email.to_uppercase(),
+                ..harness.spec()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let message = warned(&again).expect("the warning");
+    assert!(message.contains(&first.id), "{message}");
+    assert!(again.problems.is_empty(), "a warning only: {again:?}");
+
+    let itself = admin
+        .test_source(pb::TestSourceRequest {
+            source_id: first.id.clone(),
+            spec: Some(harness.spec()),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(warned(&itself), None, "{itself:?}");
     harness.stop().await
 }

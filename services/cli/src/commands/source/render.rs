@@ -132,6 +132,7 @@ pub(crate) fn status_json(status: &pb::SourceStatus) -> Value {
             "uidvalidity": f.uidvalidity,
             "last_uid": f.last_uid,
             "messages_synced": f.messages_synced,
+            "messages_skipped": f.messages_skipped,
             "retry_count": f.retry_count,
             "last_error": f.last_error.as_ref().map(problem_json),
             "last_error_at": f.last_error_at,
@@ -507,6 +508,13 @@ pub(super) fn status_lines(status: &pb::SourceStatus) -> Vec<String> {
             folder.messages_synced,
             when(folder.last_poll)
         ));
+        if folder.messages_skipped > 0 {
+            lines.push(format!(
+                "      {} message(s) over the size limit were not fetched (the fetcher's \
+                 sync.max_message_bytes)",
+                folder.messages_skipped
+            ));
+        }
         for (i, step) in checklist.iter().enumerate() {
             lines.push(format!("      {}. {step}", i + 1));
         }
@@ -549,6 +557,28 @@ mod tests {
         reply.stages[2].outcome = "failed".to_owned();
         let line = test_failure_line(&reply);
         assert!(line.contains("failed at the login stage"), "{line}");
+    }
+
+    #[test]
+    fn messages_over_the_size_limit_are_shown_under_their_folder() {
+        let status = pb::SourceStatus {
+            id: "s1".to_owned(),
+            folders: vec![pb::FolderStatus {
+                display_name: "INBOX".to_owned(),
+                fetch: true,
+                connection_state: "idle".to_owned(),
+                messages_synced: 12,
+                messages_skipped: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let lines = status_lines(&status);
+        assert!(
+            lines[2].contains("3 message(s) over the size limit were not fetched"),
+            "{lines:?}"
+        );
+        assert_eq!(status_json(&status)["folders"][0]["messages_skipped"], 3);
     }
 
     #[test]
