@@ -170,16 +170,17 @@ impl fmt::Display for RpcError {
             write!(f, ", {}", self.reason)?;
         }
         write!(f, "): ")?;
-        if self.problems.is_empty() {
-            write!(f, "{}", self.message.trim_end_matches('.'))?;
+        let said = if self.problems.is_empty() {
+            self.message.trim_end_matches('.').to_owned()
         } else {
             let each: Vec<String> = self.problems.iter().map(problem_line).collect();
-            write!(f, "{}", each.join("; "))?;
+            each.join("; ")
+        };
+        match (said.is_empty(), self.hint) {
+            (_, None) => write!(f, "{said}"),
+            (true, Some(hint)) => write!(f, "{hint}"),
+            (false, Some(hint)) => write!(f, "{said}; {hint}"),
         }
-        if let Some(hint) = self.hint {
-            write!(f, "; {hint}")?;
-        }
-        Ok(())
     }
 }
 
@@ -252,6 +253,12 @@ pub(crate) fn rpc_error(rpc: &str, status: tonic::Status) -> anyhow::Error {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Some(
             "check that the service and what it uses (Redis, the broker, a fetcher) are running",
         ),
+        // tonic answers so, with no message, for a service it does not serve.
+        tonic::Code::Unimplemented => Some(
+            "the address answers but does not serve this call: check that TM_REGISTRY_URL \
+             points at the registry and TM_MAILBOX_URL at the mailbox service, not at another \
+             threatmail service",
+        ),
         _ => None,
     };
     RpcError {
@@ -302,6 +309,19 @@ pub(crate) fn error_json(error: &anyhow::Error) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// tonic's answer for a call the address does not serve has no message: the error
+    /// says what is likely wrong instead of ending in an empty message.
+    #[test]
+    fn a_call_the_service_does_not_serve_says_which_url_to_check() {
+        let error = rpc_error("ListMessages", tonic::Status::unimplemented(""));
+        let text = error.to_string();
+        assert!(
+            text.starts_with("ListMessages refused (Unimplemented): the address answers"),
+            "{text}"
+        );
+        assert!(text.contains("TM_MAILBOX_URL"), "{text}");
+    }
 
     #[test]
     fn a_problem_line_names_the_reason_and_entras_code_once_each() {

@@ -166,6 +166,12 @@ struct FormArgs {
 fn parse_interval(text: &str) -> Result<u32, String> {
     let duration =
         humantime::parse_duration(text).map_err(|e| format!("{e}: write e.g. 30s, 5m or 1h"))?;
+    // The registry reads 0 seconds as "the default", so a zero (or sub-second) interval
+    // given here would be saved as 5m without a word: refuse it, as the registry refuses
+    // every other value out of range.
+    if duration.as_secs() == 0 {
+        return Err("a poll interval of less than a second: poll every 30s to 1d".to_owned());
+    }
     u32::try_from(duration.as_secs()).map_err(|_| "too long".to_owned())
 }
 
@@ -913,6 +919,18 @@ async fn select_folders(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Zero is the registry's "default": an interval that rounds to it is refused, not
+    /// saved as 5 minutes.
+    #[test]
+    fn a_poll_interval_under_a_second_is_refused() {
+        assert_eq!(parse_interval("30s"), Ok(30));
+        assert_eq!(parse_interval("1h"), Ok(3600));
+        for zero in ["0s", "1ms", "999ms"] {
+            let refused = parse_interval(zero).expect_err(zero);
+            assert!(refused.contains("30s to 1d"), "{zero}: {refused}");
+        }
+    }
 
     fn source(folders: &[(&str, &str, bool)]) -> pb::Source {
         pb::Source {
