@@ -105,7 +105,8 @@ struct Filters {
     /// Only this source, by id (`threatmail source list` shows them).
     #[arg(long, value_name = "ID", value_parser = parse_source_id)]
     source: Option<String>,
-    /// Only messages seen in this folder (its raw IMAP name; INBOX in any case).
+    /// Only messages seen in this folder: its name as `source folders` shows it, or its raw
+    /// IMAP (modified UTF-7) name; INBOX in any case.
     #[arg(long)]
     folder: Option<String>,
     /// From this time on: RFC 3339 (`2024-05-01T00:00:00Z`), a date (`2024-05-01`) or Unix seconds.
@@ -173,6 +174,14 @@ impl Filters {
         // RFC 3501 §5.1: INBOX is case-insensitive; every other name is the server's own.
         let folder = match self.folder.as_deref() {
             Some(name) if name.eq_ignore_ascii_case("INBOX") => "INBOX".to_owned(),
+            // Records name folders by their raw name (RFC 3501 §5.1.3's modified UTF-7): a
+            // display name (`Signalé/Phish`, `R&D`) is encoded; a name that already reads as
+            // modified UTF-7 (`Signal&AOk-/Phish`) is taken as the raw name it is.
+            Some(name)
+                if !name.is_ascii() || threatmail_core::mutf7::decode(name.as_bytes()).is_err() =>
+            {
+                threatmail_core::mutf7::encode(name)
+            }
             other => other.unwrap_or_default().to_owned(),
         };
         pb::ListMessagesRequest {
@@ -441,7 +450,7 @@ fn show_text(out: &mut impl Write, m: &pb::Message) -> anyhow::Result<()> {
         writeln!(
             out,
             "  {} (UIDVALIDITY {}, UID {}) at {}",
-            field(&l.folder),
+            field(&shown_folder(&l.folder)),
             l.uidvalidity,
             l.uid,
             when(l.seen_at)
@@ -724,7 +733,7 @@ impl Summary {
         )?;
         writeln!(out, "\n  {:<32} {:>9}", "FOLDER", "MESSAGES")?;
         for (folder, n) in &self.folders {
-            writeln!(out, "  {:<32} {n:>9}", one_line(folder, 32))?;
+            writeln!(out, "  {:<32} {n:>9}", one_line(&shown_folder(folder), 32))?;
         }
         writeln!(
             out,
@@ -897,6 +906,12 @@ async fn run_command(args: MailboxArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A folder's raw (modified UTF-7) name as `source folders` shows it (`Signal&AOk-/Phish`
+/// is `Signalé/Phish`); a name that does not decode is shown raw.
+fn shown_folder(raw: &str) -> String {
+    threatmail_core::mutf7::decode_lenient(raw.as_bytes()).unwrap_or_else(|| raw.to_owned())
 }
 
 #[cfg(test)]
@@ -1157,6 +1172,21 @@ mod tests {
             ..Filters::default()
         };
         assert_eq!(other.request().folder, "Phish Reports");
+        for (given, raw) in [
+            ("Signalé/Phish", "Signal&AOk-/Phish"),
+            ("Signal&AOk-/Phish", "Signal&AOk-/Phish"),
+            ("R&D", "R&-D"),
+            ("R&-D", "R&-D"),
+        ] {
+            let named = Filters {
+                folder: Some(given.to_owned()),
+                ..Filters::default()
+            };
+            assert_eq!(named.request().folder, raw, "{given}");
+        }
+        assert_eq!(shown_folder("Signal&AOk-/Phish"), "Signalé/Phish");
+        assert_eq!(shown_folder("Phish Reports"), "Phish Reports");
+        assert_eq!(shown_folder("bad&"), "bad&");
         assert!(parse_source_id("SOC phish").is_err());
         assert_eq!(
             parse_source_id("5f0c2b1e-0000-4000-8000-000000000001")
