@@ -163,7 +163,13 @@ fn deserialize_reporting_all<T: DeserializeOwned>(
                     .get(&key_path)
                     .cloned()
                     .unwrap_or_else(|| format!("{file_name}: {}", display_key(&key_path)));
-                problems.push(format!("{place}: {}", clean_message(&inner)));
+                let hint = if unknown && SERVE_SECTIONS.contains(&key_path.as_str()) {
+                    " (a section of `threatmail serve`'s file: a single service reads its own \
+                     settings at the top level of its file)"
+                } else {
+                    ""
+                };
+                problems.push(format!("{place}: {}{hint}", clean_message(&inner)));
                 if key_path.is_empty() || !remove_path(&mut table, &key_path) {
                     // Nothing left to remove (a missing required field): stop here.
                     return Err(ConfigError { problems });
@@ -173,6 +179,10 @@ fn deserialize_reporting_all<T: DeserializeOwned>(
     }
     Err(ConfigError { problems })
 }
+
+/// The per-service sections of `threatmail serve`'s file, which a single service's own
+/// file does not have: given one, the error says so.
+const SERVE_SECTIONS: [&str; 4] = ["registry", "token_broker", "fetcher", "mailbox"];
 
 fn display_key(path: &str) -> &str {
     if path.is_empty() { "(top level)" } else { path }
@@ -355,6 +365,22 @@ mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    /// `threatmail serve`'s file given to a single service: the error says what it is.
+    #[test]
+    fn a_serve_section_in_a_single_services_file_is_explained() {
+        let file = write("[mailbox]\nlisten = \"127.0.0.1:1\"\n");
+        let error = load::<Sample>(Some(&file.0), &env(&[])).expect_err("unknown section");
+        assert_eq!(error.problems.len(), 1, "{error:?}");
+        assert!(
+            error.problems[0].contains("unknown field `mailbox`")
+                && error.problems[0].contains("a section of `threatmail serve`'s file"),
+            "{error:?}"
+        );
+        let other = write("[nonsense]\n");
+        let error = load::<Sample>(Some(&other.0), &env(&[])).expect_err("unknown section");
+        assert!(!error.problems[0].contains("threatmail serve"), "{error:?}");
     }
 
     #[test]
