@@ -257,3 +257,16 @@ fn a_service_that_cannot_start_says_each_cause_once() -> anyhow::Result<()> {
     assert_eq!(error.matches("Connection refused").count(), 1, "{error}");
     Ok(())
 }
+
+/// An empty filter value (an unset shell variable, `--sender "$SENDER"`) is a usage error,
+/// not a filter that lets every message through.
+#[test]
+fn an_empty_mailbox_filter_is_a_usage_error() -> anyhow::Result<()> {
+    for flag in ["--sender", "--indicator", "--subject", "--folder"] {
+        let output = threatmail(&["mailbox", "list", flag, ""]);
+        assert_eq!(output.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8(output.stderr)?;
+        assert!(stderr.contains("is empty"), "{flag}: {stderr}");
+    }
+    Ok(())
+}

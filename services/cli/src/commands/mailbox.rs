@@ -107,7 +107,7 @@ struct Filters {
     source: Option<String>,
     /// Only messages seen in this folder: its name as `source folders` shows it, or its raw
     /// IMAP (modified UTF-7) name; INBOX in any case.
-    #[arg(long)]
+    #[arg(long, value_parser = non_empty)]
     folder: Option<String>,
     /// From this time on: RFC 3339 (`2024-05-01T00:00:00Z`), a date (`2024-05-01`) or Unix seconds.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
@@ -116,10 +116,10 @@ struct Filters {
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     until: Option<i64>,
     /// From or Sender: an address, or a domain (`@corp.example`).
-    #[arg(long)]
+    #[arg(long, value_parser = non_empty)]
     sender: Option<String>,
     /// Holds this indicator (defanged forms work: `hxxp://x[.]com`).
-    #[arg(long)]
+    #[arg(long, value_parser = non_empty)]
     indicator: Option<String>,
     /// Holds an indicator of this type.
     #[arg(long = "type", value_parser = [
@@ -127,8 +127,17 @@ struct Filters {
     ])]
     indicator_type: Option<String>,
     /// Subject contains this text.
-    #[arg(long)]
+    #[arg(long, value_parser = non_empty)]
     subject: Option<String>,
+}
+
+/// A filter value: an empty one (`--sender ""`, an unset shell variable) would filter
+/// nothing, so it is a usage error rather than every message.
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("is empty: give a value, or leave the option out".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 /// A source id as the mailbox service takes it (names live in the registry).
