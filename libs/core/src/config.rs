@@ -35,7 +35,7 @@ pub fn grpc_url_problem(url: &str) -> Option<String> {
     let host = host.split('/').next().unwrap_or_default();
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Some(format!(
-            "{url:?} is not a gRPC address such as http://127.0.0.1:50052"
+            "{url:?} is not a gRPC address such as http://HOST:PORT"
         ));
     }
     None
