@@ -10,7 +10,7 @@ use threatmail_testkit::exchange_proxy::{Fault, Script, When};
 use threatmail_testkit::tenant::{Mailbox, PHISH_MAILBOX, TenantFixture, sample_message};
 use tonic::Code;
 
-use crate::harness::{Harness, reason};
+use crate::harness::{Client, Harness, reason};
 
 fn with_phish_reports() -> TenantFixture {
     let mut fixture = TenantFixture::everything_right();
@@ -20,6 +20,19 @@ fn with_phish_reports() -> TenantFixture {
         .with_messages("Phish Reports", vec![sample_message(2)])
         .with_messages("Phish Reports/2026", vec![sample_message(3)]);
     fixture
+}
+
+/// The stack with the fixture's folders, an admin client and the fixture's source, created.
+async fn with_a_source() -> anyhow::Result<(Harness, Client, pb::Source)> {
+    let harness = Harness::start(with_phish_reports()).await?;
+    let mut admin = harness.client(&harness.admin).await?;
+    let source = admin
+        .create_source(pb::CreateSourceRequest {
+            spec: Some(harness.spec()),
+        })
+        .await?
+        .into_inner();
+    Ok((harness, admin, source))
 }
 
 fn names(folders: &[pb::Folder]) -> Vec<String> {
@@ -357,15 +370,8 @@ async fn status_serves_each_folders_fields_and_expiring_secrets() -> anyhow::Res
 /// reported wrong for those seconds more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_secret_is_used_at_once() -> anyhow::Result<()> {
-    let harness = Harness::start(with_phish_reports()).await?;
-    let mut admin = harness.client(&harness.admin).await?;
+    let (harness, mut admin, source) = with_a_source().await?;
     let good = harness.spec();
-    let source = admin
-        .create_source(pb::CreateSourceRequest {
-            spec: Some(good.clone()),
-        })
-        .await?
-        .into_inner();
     let list = |id: String| pb::ListSourceFoldersRequest { id };
     admin.list_folders(list(source.id.clone())).await?;
 
@@ -412,15 +418,8 @@ async fn a_fixed_secret_is_used_at_once() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_says_when_no_fetcher_is_running() -> anyhow::Result<()> {
     // This harness's fetcher serves ListFolders only (no Redis), so it reports nothing.
-    let harness = Harness::start(with_phish_reports()).await?;
-    let mut admin = harness.client(&harness.admin).await?;
-    let source = admin
-        .create_source(pb::CreateSourceRequest {
-            spec: Some(harness.spec()),
-        })
-        .await?
-        .into_inner();
-    let status = |admin: &mut threatmail_proto::v1::registry_client::RegistryClient<_>| {
+    let (harness, mut admin, source) = with_a_source().await?;
+    let status = |admin: &mut Client| {
         let request = pb::GetStatusRequest {
             id: source.id.clone(),
         };
@@ -488,14 +487,7 @@ async fn status_says_when_no_fetcher_is_running() -> anyhow::Result<()> {
 /// that its mail would be stored twice; the stored source tested again does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_source_on_the_same_mailbox_is_warned_about() -> anyhow::Result<()> {
-    let harness = Harness::start(with_phish_reports()).await?;
-    let mut admin = harness.client(&harness.admin).await?;
-    let first = admin
-        .create_source(pb::CreateSourceRequest {
-            spec: Some(harness.spec()),
-        })
-        .await?
-        .into_inner();
+    let (harness, mut admin, first) = with_a_source().await?;
     let warned = |reply: &pb::TestSourceResponse| {
         reply
             .warnings
