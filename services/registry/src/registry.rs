@@ -64,6 +64,7 @@ impl Registry {
         let checked = outcome.checked.ok_or(RegistryError::Invalid {
             problems: outcome.problems,
         })?;
+        self.refuse_another_sources_id(&checked.name, None).await?;
         let record = spec::new_record(SourceId::new_random(), checked, &self.keyring, now)?;
         let stored = self.store.create(&record).await?;
         tracing::info!(source_id = %stored.id, "source created");
@@ -117,6 +118,8 @@ impl Registry {
             Some(checked) if problems.is_empty() => checked,
             _ => return Err(RegistryError::Invalid { problems }),
         };
+        self.refuse_another_sources_id(&checked.name, Some(&id))
+            .await?;
         let tokens_from = token_inputs(&record);
         spec::apply(&mut record, checked, &self.keyring, now, clear_next_secret)?;
         let stored = self.store.update(&record, expected_version).await?;
@@ -125,6 +128,27 @@ impl Registry {
             self.tell_broker(&stored.id).await;
         }
         Ok(spec::to_proto(&stored, &folders))
+    }
+
+    /// Refuses a name that is another source's id: commands take a source by id or by
+    /// name, so `source rm NAME` could otherwise remove the other source.
+    async fn refuse_another_sources_id(&self, name: &str, own: Option<&SourceId>) -> Result<()> {
+        let Ok(other) = SourceId::parse(name.trim()) else {
+            return Ok(());
+        };
+        if own == Some(&other) || self.store.get(&other).await?.is_none() {
+            return Ok(());
+        }
+        Err(RegistryError::Invalid {
+            problems: vec![problem(
+                "validation.invalid",
+                "name",
+                format!(
+                    "is the id of another source ({other}): commands take a source by id or \
+                     name, so choose a name that is not an id"
+                ),
+            )],
+        })
     }
 
     /// Has the broker drop what it holds of `id` (it keeps an opened source for

@@ -181,6 +181,64 @@ async fn a_bad_form_gets_every_problem_in_the_status_details() -> anyhow::Result
     harness.stop().await
 }
 
+/// A name that is another source's id is refused, at creation and at an update: commands
+/// take a source by id or by name, so `source rm` could otherwise remove the other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sources_id_is_not_a_name() -> anyhow::Result<()> {
+    let harness = Harness::start(TenantFixture::everything_right()).await?;
+    let mut client = harness.client(&harness.admin).await?;
+    let first = client
+        .create_source(pb::CreateSourceRequest {
+            spec: Some(harness.spec()),
+        })
+        .await?
+        .into_inner();
+    let named = |name: &str| pb::SourceSpec {
+        name: name.to_owned(),
+        ..harness.spec()
+    };
+    let refused = client
+        .create_source(pb::CreateSourceRequest {
+            spec: Some(named(&first.id)),
+        })
+        .await
+        .expect_err("another source's id");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let details = pb::ValidationProblems::decode(refused.details())?;
+    assert_eq!(details.problems[0].field, "name", "{details:?}");
+    assert!(
+        details.problems[0].message.contains(&first.id),
+        "{details:?}"
+    );
+
+    let second = client
+        .create_source(pb::CreateSourceRequest {
+            spec: Some(named("Second")),
+        })
+        .await?
+        .into_inner();
+    let refused = client
+        .update_source(pb::UpdateSourceRequest {
+            id: second.id.clone(),
+            expected_version: second.version,
+            spec: Some(named(&first.id)),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another source's id");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    // A source may keep its own id as its name.
+    client
+        .update_source(pb::UpdateSourceRequest {
+            id: second.id.clone(),
+            expected_version: second.version,
+            spec: Some(named(&second.id)),
+            ..Default::default()
+        })
+        .await?;
+    harness.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_updates_one_wins_the_other_retries_and_nothing_is_lost()
 -> anyhow::Result<()> {
