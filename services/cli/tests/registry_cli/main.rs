@@ -1182,18 +1182,55 @@ async fn status_watch_follows_a_first_sync_until_every_selected_folder_caught_up
         watched.stderr
     );
 
-    // A folder whose sync needs the user ends the watch with its error and exit 1.
-    let mut failed = write(PHISH_REPORTS, ConnectionState::Failed, 4, true);
-    failed.last_error = Some(FolderError {
-        reason: "imap.authenticate_failed".to_owned(),
-        message: "Exchange refused the login".to_owned(),
-        upstream_code: "NO AUTHENTICATE failed.".to_owned(),
-        checklist: vec![
-            "New-ServicePrincipal with the Enterprise application's Object ID".to_owned(),
-        ],
-        at: 1_764_800_100,
-    });
-    store.write_folder_status(&id, &failed).await?;
+    // A failure from before the source's last change (the user's fix) does not end the
+    // watch: the fetchers try the source again first.
+    let failed_at = |at: i64| {
+        let mut failed = write(PHISH_REPORTS, ConnectionState::Failed, 4, true);
+        failed.last_error = Some(FolderError {
+            reason: "imap.authenticate_failed".to_owned(),
+            message: "Exchange refused the login".to_owned(),
+            upstream_code: "NO AUTHENTICATE failed.".to_owned(),
+            checklist: vec![
+                "New-ServicePrincipal with the Enterprise application's Object ID".to_owned(),
+            ],
+            at,
+        });
+        failed
+    };
+    store
+        .write_folder_status(&id, &failed_at(1_764_800_100))
+        .await?;
+    let stale = h
+        .run(
+            &[
+                "source",
+                "status",
+                "Phishing reports",
+                "--watch",
+                "--interval",
+                "200ms",
+                "--timeout",
+                "2s",
+            ],
+            None,
+        )
+        .await?
+        .expect(1);
+    assert!(
+        stale.stderr.contains("not caught up after"),
+        "{}",
+        stale.stderr
+    );
+    assert!(!stale.stderr.contains("needs you"), "{}", stale.stderr);
+
+    // A folder whose sync needs the user, failing since the source's last change, ends the
+    // watch with its error and exit 1.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    )?;
+    store.write_folder_status(&id, &failed_at(now)).await?;
     let run = h
         .run(
             &[

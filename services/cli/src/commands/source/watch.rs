@@ -29,10 +29,13 @@ pub(crate) fn caught_up(status: &pb::SourceStatus) -> bool {
         && fetched(status).all(|f| f.last_poll > 0 && f.connection_state == "idle")
 }
 
-/// The selected folders that failed in a way only the user can fix.
-fn failed(status: &pb::SourceStatus) -> Vec<&pb::FolderStatus> {
+/// The selected folders that failed in a way only the user can fix, since the source was
+/// last changed (Unix seconds): a failure from before a change (the fix the user just made)
+/// says nothing yet about the source as it is, and the fetchers try it again at their next
+/// poll, so the watch waits for that attempt.
+fn failed(status: &pb::SourceStatus, changed_at: i64) -> Vec<&pb::FolderStatus> {
     fetched(status)
-        .filter(|f| f.connection_state == "failed")
+        .filter(|f| f.connection_state == "failed" && f.last_error_at >= changed_at)
         .collect()
 }
 
@@ -104,7 +107,7 @@ pub(super) async fn watch(
         if caught_up(&status) {
             break (status, ExitCode::SUCCESS);
         }
-        let failures = failed(&status);
+        let failures = failed(&status, source.updated_at);
         if !failures.is_empty() {
             let names: Vec<&str> = failures.iter().map(|f| f.display_name.as_str()).collect();
             eprintln!(
@@ -184,8 +187,23 @@ mod tests {
             folder(false, "failed", 0),
             folder(true, "retrying", 0),
         ]);
-        assert!(failed(&s).is_empty());
+        assert!(failed(&s, 0).is_empty());
         let s = status(vec![folder(true, "failed", 0)]);
-        assert_eq!(failed(&s).len(), 1);
+        assert_eq!(failed(&s, 0).len(), 1);
+    }
+
+    /// A failure from before the source's last change (the fix just made) does not end the
+    /// watch; one at or after it does.
+    #[test]
+    fn a_failure_from_before_the_last_change_does_not_count() {
+        let failed_at = |at: i64| {
+            status(vec![pb::FolderStatus {
+                last_error_at: at,
+                ..folder(true, "failed", 0)
+            }])
+        };
+        assert!(failed(&failed_at(99), 100).is_empty());
+        assert_eq!(failed(&failed_at(100), 100).len(), 1);
+        assert_eq!(failed(&failed_at(150), 100).len(), 1);
     }
 }
