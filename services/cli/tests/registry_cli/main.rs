@@ -1200,22 +1200,25 @@ async fn status_watch_follows_a_first_sync_until_every_selected_folder_caught_up
     store
         .write_folder_status(&id, &failed_at(1_764_800_100))
         .await?;
-    let stale = h
-        .run(
-            &[
-                "source",
-                "status",
-                "Phishing reports",
-                "--watch",
-                "--interval",
-                "200ms",
-                "--timeout",
-                "2s",
-            ],
-            None,
-        )
-        .await?
-        .expect(1);
+    let harness = &h;
+    let watch_for = |timeout: &'static str| async move {
+        harness
+            .run(
+                &[
+                    "source",
+                    "status",
+                    "Phishing reports",
+                    "--watch",
+                    "--interval",
+                    "200ms",
+                    "--timeout",
+                    timeout,
+                ],
+                None,
+            )
+            .await
+    };
+    let stale = watch_for("2s").await?.expect(1);
     assert!(
         stale.stderr.contains("not caught up after"),
         "{}",
@@ -1231,22 +1234,7 @@ async fn status_watch_follows_a_first_sync_until_every_selected_folder_caught_up
             .as_secs(),
     )?;
     store.write_folder_status(&id, &failed_at(now)).await?;
-    let run = h
-        .run(
-            &[
-                "source",
-                "status",
-                "Phishing reports",
-                "--watch",
-                "--interval",
-                "200ms",
-                "--timeout",
-                "60s",
-            ],
-            None,
-        )
-        .await?
-        .expect(1);
+    let run = watch_for("60s").await?.expect(1);
     assert!(
         run.stdout.contains("imap.authenticate_failed"),
         "{}",
