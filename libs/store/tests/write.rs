@@ -558,6 +558,23 @@ async fn checkpoints_only_advance_within_a_uidvalidity_and_skips_are_recorded() 
     Ok(())
 }
 
+/// Takes `src`'s INBOX lease and writes its checkpoint (UIDVALIDITY 7, UID 20) under it.
+async fn checkpoint_at_20(
+    t: &TestStore,
+    src: &threatmail_source::SourceId,
+) -> anyhow::Result<threatmail_store::Lease> {
+    let lease = t
+        .store
+        .acquire_lease(src, "INBOX", "fetcher-a", Duration::from_secs(30))
+        .await?
+        .expect("free lease");
+    let mut write = batch(src, "INBOX", 7, vec![]);
+    write.fence = Fence::Token(lease.token);
+    write.checkpoint_uid = Some(20);
+    t.store.write(&write).await?;
+    Ok(lease)
+}
+
 /// How far the action after processing went: written only under the held lease, only
 /// forward for one action and UIDVALIDITY, replaced for another, and beside the checkpoint
 /// without disturbing it.
@@ -571,15 +588,7 @@ async fn actions_done_moves_forward_under_the_lease_only() -> anyhow::Result<()>
         through_uid,
     };
     assert_eq!(t.store.actions_done(&src, "INBOX").await?, None);
-    let lease = t
-        .store
-        .acquire_lease(&src, "INBOX", "fetcher-a", Duration::from_secs(30))
-        .await?
-        .expect("free lease");
-    let mut write = batch(&src, "INBOX", 7, vec![]);
-    write.fence = Fence::Token(lease.token);
-    write.checkpoint_uid = Some(20);
-    t.store.write(&write).await?;
+    let lease = checkpoint_at_20(&t, &src).await?;
 
     assert!(
         t.store
@@ -646,15 +655,7 @@ async fn actions_done_moves_forward_under_the_lease_only() -> anyhow::Result<()>
 async fn a_checkpoint_is_kept_for_its_mailbox_only() -> anyhow::Result<()> {
     let t = TestStore::start().await?;
     let src = source("claimed");
-    let lease = t
-        .store
-        .acquire_lease(&src, "INBOX", "fetcher-a", Duration::from_secs(30))
-        .await?
-        .expect("free lease");
-    let mut write = batch(&src, "INBOX", 7, vec![]);
-    write.fence = Fence::Token(lease.token);
-    write.checkpoint_uid = Some(20);
-    t.store.write(&write).await?;
+    let lease = checkpoint_at_20(&t, &src).await?;
     let at_20 = Some(Checkpoint {
         uidvalidity: 7,
         last_uid: 20,

@@ -46,14 +46,7 @@ fn names(folders: &[pb::Folder]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folders_are_listed_live_and_chosen_by_name() -> anyhow::Result<()> {
-    let harness = Harness::start(with_phish_reports()).await?;
-    let mut admin = harness.client(&harness.admin).await?;
-    let source = admin
-        .create_source(pb::CreateSourceRequest {
-            spec: Some(harness.spec()),
-        })
-        .await?
-        .into_inner();
+    let (harness, mut admin, source) = with_a_source().await?;
     let listed = admin
         .list_folders(pb::ListSourceFoldersRequest {
             id: source.id.clone(),
