@@ -277,27 +277,31 @@ fn no_fetcher_warning(fleet: &Fleet) -> Option<pb::Problem> {
     ))
 }
 
-/// What of a source the token broker's tokens for it depend on.
-type TokenInputs = (
-    threatmail_source::record::AuthType,
-    String,
-    String,
-    Option<threatmail_source::record::StoredSecret>,
-    Option<threatmail_source::record::StoredSecret>,
-    threatmail_source::Cloud,
-    bool,
-);
+/// What of a source the token broker reads: its tokens (app, tenant, secrets, cloud), whether
+/// it hands any out, and the Object ID its token warnings compare with.
+#[derive(PartialEq)]
+struct TokenInputs {
+    auth_type: threatmail_source::record::AuthType,
+    app_id: String,
+    tenant_id: String,
+    object_id: Option<String>,
+    secret: Option<threatmail_source::record::StoredSecret>,
+    next_secret: Option<threatmail_source::record::StoredSecret>,
+    cloud: threatmail_source::Cloud,
+    enabled: bool,
+}
 
 fn token_inputs(record: &SourceRecord) -> TokenInputs {
-    (
-        record.auth_type,
-        record.app_id.clone(),
-        record.tenant_id.clone(),
-        record.secret.clone(),
-        record.next_secret.clone(),
-        record.cloud,
-        record.enabled,
-    )
+    TokenInputs {
+        auth_type: record.auth_type,
+        app_id: record.app_id.clone(),
+        tenant_id: record.tenant_id.clone(),
+        object_id: record.object_id.clone(),
+        secret: record.secret.clone(),
+        next_secret: record.next_secret.clone(),
+        cloud: record.cloud,
+        enabled: record.enabled,
+    }
 }
 
 fn record_after(checked: &Option<spec::Checked>) -> AfterProcessing {
