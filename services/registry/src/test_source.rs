@@ -283,31 +283,18 @@ impl Registry {
     }
 }
 
-/// What a successful login leaves to say: token findings the login survived, and whether
-/// the move target exists.
 impl Registry {
     /// A warning when another source already reads the mailbox `checked` logs in to (same
     /// address and server): each source keeps its own copy of every message, so the mail
     /// would be stored, counted and exported twice.
     async fn same_mailbox(&self, checked: &Checked, own_id: &str) -> Result<Option<pb::Problem>> {
-        let host = |host: &Option<String>, cloud: Cloud| {
-            host.clone()
-                .unwrap_or_else(|| cloud.imap_host().to_owned())
-                .to_ascii_lowercase()
-        };
-        let wanted = (
-            checked.username.to_lowercase(),
-            host(&checked.host, checked.cloud),
-            checked.port,
-        );
+        let host = checked.host.as_deref().unwrap_or(checked.cloud.imap_host());
         let others = self.store.list().await?;
         let Some(other) = others.iter().find(|other| {
             other.id.as_str() != own_id
-                && (
-                    other.username.to_lowercase(),
-                    host(&other.host, other.cloud),
-                    other.port,
-                ) == wanted
+                && other.username.eq_ignore_ascii_case(&checked.username)
+                && other.imap_host().eq_ignore_ascii_case(host)
+                && other.port == checked.port
         }) else {
             return Ok(None);
         };
@@ -324,6 +311,8 @@ impl Registry {
     }
 }
 
+/// What a successful login leaves to say: token findings the login survived, and whether
+/// the move target exists.
 fn after_login(
     checked: &Checked,
     findings: &TokenFindings,
